@@ -1,0 +1,1 @@
+"""Shared code of the ONNX BentoML service: settings, model store, runner, validation, files."""

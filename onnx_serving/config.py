@@ -1,0 +1,69 @@
+"""Settings, read once from the environment when the service starts.
+
+Every knob the service has lives here with its default, so the README's
+configuration table and the code can't drift apart.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+DEFAULT_MODEL_NAME = "linear-2x"
+
+
+def _int(name: str, default: int, minimum: int = 1) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Which model to serve: a full tag wins over a name (which means "its latest version").
+    model_name: str
+    model_tag: str | None
+    # Largest number of values (rows x features) one JSON request may carry.
+    max_values: int
+    # Rows per chunk when /predict_file streams a large file through the model.
+    file_chunk_rows: int
+    # ONNX Runtime threads per session; 1 suits tiny models and several workers.
+    ort_intra_op_threads: int
+    ort_inter_op_threads: int
+    # Adaptive batching for /predict_batched.
+    batch_max_size: int
+    batch_max_latency_ms: int
+    # HTTP worker processes of `bentoml serve` (each holds its own session).
+    workers: int
+
+    @property
+    def model_ref(self) -> str:
+        return self.model_tag or f"{self.model_name}:latest"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            model_name=os.environ.get("MODEL_NAME") or DEFAULT_MODEL_NAME,
+            model_tag=os.environ.get("MODEL_TAG") or None,
+            max_values=_int("MAX_VALUES", 1_000_000),
+            file_chunk_rows=_int("FILE_CHUNK_ROWS", 262_144),
+            ort_intra_op_threads=_int("ORT_INTRA_OP_THREADS", 1),
+            ort_inter_op_threads=_int("ORT_INTER_OP_THREADS", 1),
+            batch_max_size=_int("BATCH_MAX_SIZE", 4096, minimum=2),
+            batch_max_latency_ms=_int("BATCH_MAX_LATENCY_MS", 1000),
+            workers=_int("WORKERS", 1),
+        )
+
+
+@functools.cache
+def settings() -> Settings:
+    """The process's settings; read from the environment on first use only."""
+    return Settings.from_env()

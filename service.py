@@ -1,0 +1,117 @@
+"""The BentoML service: one ONNX model over HTTP, three ways.
+
+    POST /predict          real time, no queue
+    POST /predict_batched  the same contract, through BentoML's adaptive batching
+    POST /predict_file     a large CSV or .npy file, streamed through in chunks
+    GET  /metadata         which model answers, its hash, metrics and signature
+
+Data flows one way: HTTP body -> validation (onnx_serving.validation) -> the one
+ONNX Runtime session (onnx_serving.runner) -> response.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+from pydantic import WrapValidator
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from onnx_serving.config import settings
+from onnx_serving.validation import (
+    ContentTypeGuard,
+    ArrayRows,
+    InvalidInput,
+    PredictRequest,
+    PredictResponse,
+)
+
+with bentoml.importing():
+    import numpy as np
+
+    from onnx_serving.batch_files import predict_file, spool_upload
+    from onnx_serving.runner import ModelRunner
+
+SETTINGS = settings()
+UploadedFile = Annotated[Path, WrapValidator(spool_upload)]
+
+
+def bad_request(exc: Exception) -> JSONResponse:
+    return JSONResponse({"error": str(exc)}, status_code=400)
+
+
+async def metadata(_: Request) -> JSONResponse:
+    service = bentoml.get_current_service()
+    return JSONResponse(service.runner.default.info)
+
+
+# GET routes live in a small Starlette app; BentoML APIs are POST only.
+info_app = Starlette(routes=[Route("/metadata", metadata, methods=["GET"])])
+
+
+@bentoml.asgi_app(info_app, path="/")
+@bentoml.service(
+    name="onnx_model",
+    workers=SETTINGS.workers,
+    traffic={"timeout": 300},
+    labels={"project": "onnx-bento-service"},
+)
+class OnnxModelService:
+    # A class attribute, so that `bentoml build` packs this model into the bento.
+    model_ref = bentoml.models.BentoModel(SETTINGS.model_ref)
+
+    def __init__(self) -> None:
+        # Loads, verifies the SHA-256 and warms up before /readyz turns 200.
+        self.runner = ModelRunner(SETTINGS)
+        self.model = self.runner.load(str(self.model_ref.tag))
+
+    @bentoml.api(input_spec=PredictRequest)
+    async def predict(self, x: np.ndarray) -> PredictResponse:
+        """Real-time prediction: rows in, predictions out, in the same order."""
+        # async and inline: a microsecond-scale ONNX call is cheaper than a thread hop.
+        try:
+            return PredictResponse.from_array(self.model.run(x), self.model.tag)
+        except InvalidInput as exc:
+            return bad_request(exc)
+
+    @bentoml.api(input_spec=PredictRequest)
+    async def predict_batched(self, x: np.ndarray) -> PredictResponse:
+        """The same contract as /predict, served through adaptive batching."""
+        try:
+            self.model.check_width(x)
+        except InvalidInput as exc:
+            return bad_request(exc)
+        y = await self.to_async.predict_array(x)
+        return PredictResponse.from_array(np.asarray(y, dtype=np.float32), self.model.tag)
+
+    @bentoml.api(
+        batchable=True,
+        batch_dim=0,
+        max_batch_size=SETTINGS.batch_max_size,
+        max_latency_ms=SETTINGS.batch_max_latency_ms,
+    )
+    async def predict_array(self, x: ArrayRows) -> np.ndarray:
+        """Adaptive-batching entry: [rows, features] in, [rows, outputs] out.
+
+        Requests that arrive together are stacked along rows, run once, and split
+        back, so each caller gets exactly its own rows.
+        """
+        return self.model.run(x)
+
+    @bentoml.api
+    def predict_file(self, file: UploadedFile) -> Path:
+        """Batch inference on a CSV (with an `x` column) or a .npy file of floats."""
+        # Sync: BentoML runs it in a worker thread, so the event loop keeps serving.
+        try:
+            return predict_file(
+                file, file.parent, self.model.run, chunk_rows=SETTINGS.file_chunk_rows
+            )
+        except InvalidInput as exc:
+            return bad_request(exc)
+
+
+OnnxModelService.add_asgi_middleware(ContentTypeGuard)
