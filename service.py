@@ -18,13 +18,14 @@ import bentoml
 from pydantic import WrapValidator
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from onnx_serving import model_store
 from onnx_serving.config import settings
 from onnx_serving.validation import (
-    ContentTypeGuard,
     ArrayRows,
+    ContentTypeGuard,
     InvalidInput,
     PredictRequest,
     PredictResponse,
@@ -37,6 +38,10 @@ with bentoml.importing():
     from onnx_serving.runner import ModelRunner
 
 SETTINGS = settings()
+# Resolve and check the model here, in the `bentoml serve` process itself: a missing model
+# or a hash mismatch then stops the command at once, instead of a worker failing at start
+# and being restarted forever.
+MODEL = bentoml.models.BentoModel(str(model_store.get_verified(SETTINGS.model_ref).tag))
 UploadedFile = Annotated[Path, WrapValidator(spool_upload)]
 
 
@@ -53,6 +58,43 @@ async def metadata(_: Request) -> JSONResponse:
 info_app = Starlette(routes=[Route("/metadata", metadata, methods=["GET"])])
 
 
+@bentoml.service(
+    name="onnx_batcher",
+    workers=1,
+    traffic={"timeout": 300},
+    # BentoML 1.4.39's client to this service replaces its HTTP session every 100 requests
+    # (or 300 s) by closing the old one under requests still in flight, which fail with
+    # "Server disconnected". Never replace it: the connection is local and long-lived.
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
+)
+class AdaptiveBatcher:
+    """The model behind BentoML's adaptive batching, in a process of its own.
+
+    BentoML batches in the service that owns the batchable API; OnnxModelService
+    reaches this one through `bentoml.depends`. It has no port of its own outside
+    `bentoml serve`, so only validated requests reach it.
+    """
+
+    model_ref = MODEL
+
+    def __init__(self) -> None:
+        self.model = ModelRunner(SETTINGS).load(str(self.model_ref.tag))
+
+    @bentoml.api(
+        batchable=True,
+        batch_dim=0,
+        max_batch_size=SETTINGS.batch_max_size,
+        max_latency_ms=SETTINGS.batch_max_latency_ms,
+    )
+    async def predict_array(self, x: ArrayRows) -> np.ndarray:
+        """[rows, features] in, [rows, outputs] out.
+
+        Requests that arrive together are stacked along rows, run once and split
+        back, so each caller gets exactly its own rows.
+        """
+        return self.model.run(x)
+
+
 @bentoml.asgi_app(info_app, path="/")
 @bentoml.service(
     name="onnx_model",
@@ -61,8 +103,9 @@ info_app = Starlette(routes=[Route("/metadata", metadata, methods=["GET"])])
     labels={"project": "onnx-bento-service"},
 )
 class OnnxModelService:
-    # A class attribute, so that `bentoml build` packs this model into the bento.
-    model_ref = bentoml.models.BentoModel(SETTINGS.model_ref)
+    # Class attributes, so that `bentoml build` packs the model and the batcher.
+    model_ref = MODEL
+    batcher = bentoml.depends(AdaptiveBatcher)
 
     def __init__(self) -> None:
         # Loads, verifies the SHA-256 and warms up before /readyz turns 200.
@@ -85,22 +128,8 @@ class OnnxModelService:
             self.model.check_width(x)
         except InvalidInput as exc:
             return bad_request(exc)
-        y = await self.to_async.predict_array(x)
-        return PredictResponse.from_array(np.asarray(y, dtype=np.float32), self.model.tag)
-
-    @bentoml.api(
-        batchable=True,
-        batch_dim=0,
-        max_batch_size=SETTINGS.batch_max_size,
-        max_latency_ms=SETTINGS.batch_max_latency_ms,
-    )
-    async def predict_array(self, x: ArrayRows) -> np.ndarray:
-        """Adaptive-batching entry: [rows, features] in, [rows, outputs] out.
-
-        Requests that arrive together are stacked along rows, run once, and split
-        back, so each caller gets exactly its own rows.
-        """
-        return self.model.run(x)
+        y = await self.batcher.to_async.predict_array(x)
+        return PredictResponse.from_array(y, self.model.tag)
 
     @bentoml.api
     def predict_file(self, file: UploadedFile) -> Path:

@@ -83,8 +83,9 @@ def build_onnx(slope: float, intercept: float) -> bytes:
     return model.SerializeToString(deterministic=True)
 
 
-def check_runtime_matches_numpy(onnx_bytes: bytes, slope: float, intercept: float,
-                                x: np.ndarray) -> float:
+def check_runtime_matches_numpy(
+    onnx_bytes: bytes, slope: float, intercept: float, x: np.ndarray
+) -> float:
     """Run held-out x through ONNX Runtime and NumPy; return the largest difference."""
     import onnxruntime as ort
 

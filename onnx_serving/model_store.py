@@ -19,6 +19,14 @@ class InvalidModel(ValueError):
     """An ONNX file that this service can't serve; the message says why."""
 
 
+class ModelNotFound(LookupError):
+    """No model of that tag in the store."""
+
+
+class ModelIntegrityError(RuntimeError):
+    """The file in the store is not the file that was saved: refuse to serve it."""
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -133,6 +141,41 @@ def save(
     with bentoml.models.create(tag, labels=labels, metadata=full_metadata) as ref:
         Path(ref.path_of(ONNX_FILENAME)).write_bytes(onnx_bytes)
     return str(ref.tag)
+
+
+def verified_path(stored: Any) -> tuple[str, str]:
+    """The ONNX file of a stored bentoml Model and its SHA-256, checked against the metadata."""
+    path = stored.path_of(ONNX_FILENAME)
+    expected = stored.info.metadata.get("sha256")
+    actual = sha256_file(path)
+    if expected != actual:
+        raise ModelIntegrityError(
+            f"refusing to serve {stored.tag}: {path} has SHA-256 {actual}, "
+            f"but the model store recorded {expected}"
+        )
+    return path, actual
+
+
+def get_verified(ref: str) -> Any:
+    """The stored bentoml Model for NAME:VERSION or NAME:latest, its file checked."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        stored = bentoml.models.get(ref)
+    except NotFound:
+        raise ModelNotFound(
+            f"model {ref} is not in the model store ({bentoml_home()}): run `make model`, "
+            "or `python train_and_save.py --onnx FILE --name NAME` for your own model"
+        ) from None
+    verified_path(stored)
+    return stored
+
+
+def bentoml_home() -> str:
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return str(BentoMLContainer.bentoml_home.get())
 
 
 def has_model(name: str) -> bool:

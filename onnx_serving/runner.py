@@ -23,10 +23,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("onnx_serving")
 
 
-class ModelIntegrityError(RuntimeError):
-    """The file in the store is not the file that was saved: refuse to serve it."""
-
-
 @dataclass
 class LoadedModel:
     tag: str
@@ -77,14 +73,7 @@ class ModelRunner:
 
         stored = bentoml.models.get(ref)
         tag = str(stored.tag)
-        path = stored.path_of(model_store.ONNX_FILENAME)
-        expected = stored.info.metadata.get("sha256")
-        actual = model_store.sha256_file(path)
-        if expected != actual:
-            raise ModelIntegrityError(
-                f"refusing to serve {tag}: {path} has SHA-256 {actual}, "
-                f"but the model store recorded {expected}"
-            )
+        path, actual = model_store.verified_path(stored)
         session = ort.InferenceSession(
             path, sess_options=session_options(self.settings), providers=["CPUExecutionProvider"]
         )

@@ -60,7 +60,7 @@ def check_float32(values: np.ndarray, name: str, first_row: int = 0) -> np.ndarr
         where = f"{name}[{first_row + row}]"
         if values.shape[1] > 1:
             where += f"[{col}]"
-        raise ValueError(
+        raise InvalidInput(
             f"{where} = {float(values[row, col])} is not a finite float32 "
             f"(NaN, infinity and |v| > {FLOAT32_MAX:.4g} are refused)"
         )
@@ -120,7 +120,6 @@ class PredictResponse(BaseModel):
 ROUTE_MEDIA_TYPES = {
     "/predict": "application/json",
     "/predict_batched": "application/json",
-    "/predict_array": "application/json",
     "/predict_file": "multipart/form-data",
 }
 

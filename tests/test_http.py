@@ -1,0 +1,270 @@
+"""The real `bentoml serve`, over real HTTP: every endpoint, every bad input."""
+
+from __future__ import annotations
+
+import io
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import bentoml
+import httpx
+import numpy as np
+import pytest
+from bentoml.exceptions import BentoMLException
+from conftest import TEST_MAX_VALUES, BentoServer, run_train
+from onnx import TensorProto, helper
+
+JSON = {"Content-Type": "application/json"}
+PREDICT_ROUTES = ["/predict", "/predict_batched"]
+
+
+@pytest.fixture(scope="module")
+def http(server_url: str) -> httpx.Client:
+    with httpx.Client(base_url=server_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def client(server_url: str) -> bentoml.SyncHTTPClient:
+    with bentoml.SyncHTTPClient(server_url, server_ready_timeout=30) as c:
+        yield c
+
+
+def assert_still_serving(http: httpx.Client) -> None:
+    r = http.post("/predict", json={"x": [21.0]})
+    assert r.status_code == 200 and r.json()["y"] == [42.0]
+
+
+# --- the happy paths --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("route", PREDICT_ROUTES)
+def test_predict_raw_http(http: httpx.Client, route: str, demo_tag: str) -> None:
+    r = http.post(route, json={"x": [1.0, 2.0, 3.5]})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.json() == {"y": [2.0, 4.0, 7.0], "model": demo_tag}
+
+
+@pytest.mark.parametrize("route", PREDICT_ROUTES)
+def test_rows_of_one_feature_and_order(http: httpx.Client, route: str) -> None:
+    x = np.random.default_rng(0).uniform(-1e3, 1e3, size=1000).astype(np.float32)
+    r = http.post(route, json={"x": [[float(v)] for v in x]})
+    assert r.status_code == 200
+    np.testing.assert_allclose(
+        np.array(r.json()["y"], dtype=np.float32), 2 * x, rtol=1e-6, atol=1e-6
+    )
+
+
+def test_sync_http_client(client: bentoml.SyncHTTPClient, demo_tag: str, tmp_path: Path) -> None:
+    assert client.predict(x=[1.0, 2.0, 3.5]) == {"y": [2.0, 4.0, 7.0], "model": demo_tag}
+    assert client.predict_batched(x=[0.25]) == {"y": [0.5], "model": demo_tag}
+    src = tmp_path / "in.csv"
+    src.write_text("x\n1\n2.5\n")
+    out = client.predict_file(file=src)
+    assert Path(out).read_text().splitlines() == ["x,y", "1,2.0", "2.5,5.0"]
+    with pytest.raises(BentoMLException, match="not a finite float32"):
+        client.predict(x=[float("nan")])
+
+
+def test_predict_file_csv(http: httpx.Client) -> None:
+    csv = b"id,x,label\n1,0.5,a\n2,-3,b\n3,1e3,c\n"
+    r = http.post("/predict_file", files={"file": ("data.csv", csv, "text/csv")})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/csv")
+    assert r.text.splitlines() == ["id,x,label,y", "1,0.5,a,1.0", "2,-3,b,-6.0", "3,1e3,c,2000.0"]
+
+
+def test_predict_file_npy(http: httpx.Client) -> None:
+    x = np.linspace(-5, 5, 1001, dtype=np.float32)
+    buf = io.BytesIO()
+    np.save(buf, x)
+    r = http.post(
+        "/predict_file", files={"file": ("x.npy", buf.getvalue(), "application/octet-stream")}
+    )
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(np.load(io.BytesIO(r.content)), 2 * x, rtol=1e-6, atol=1e-6)
+
+
+def test_metadata(http: httpx.Client, demo_tag: str, model_home: Path) -> None:
+    meta = http.get("/metadata").json()
+    name, version = demo_tag.split(":")
+    assert meta["tag"] == demo_tag and meta["name"] == name and meta["version"] == version
+    onnx_file = model_home / "models" / name / version / "model.onnx"
+    import hashlib
+
+    assert meta["sha256"] == hashlib.sha256(onnx_file.read_bytes()).hexdigest()
+    assert meta["signature"]["inputs"][0]["name"] == "x"
+    assert set(meta["metrics"]) >= {"mae", "rmse", "r2"}
+    assert re.match(r"\d{4}-\d\d-\d\dT", meta["created_at"])
+
+
+def test_bentoml_endpoints_keep_working(http: httpx.Client) -> None:
+    assert http.get("/livez").status_code == 200
+    assert http.get("/readyz").status_code == 200
+    http.post("/predict", json={"x": [1.0]})
+    metrics = http.get("/metrics").text
+    assert "bentoml_service_request_total" in metrics or "request_total" in metrics
+    spec = http.get("/docs.json").json()
+    assert {"/predict", "/predict_batched", "/predict_file"} <= set(spec["paths"])
+
+
+# --- bad input: always a 4xx that says what was wrong, and the server keeps serving -----------
+
+BAD_JSON_BODIES = [
+    ('{"x": ["a", "b"]}', "valid number"),
+    ('{"x": [{"nested": [1, {"junk": true}]}]}', "valid number"),
+    ('{"x": [[1.0, 2.0], [3.0]]}', "ragged rows"),
+    ('{"x": [NaN]}', "not a finite float32"),
+    ('{"x": [Infinity, 1]}', "not a finite float32"),
+    ('{"x": [-Infinity]}', "not a finite float32"),
+    ('{"x": [3.5e38]}', "not a finite float32"),
+    ('{"x": []}', "x is empty"),
+    ('{"x": null}', "valid array"),
+    ("{}", "Field required"),
+    ('{"y": [1]}', "Field required"),
+    ("", "Field required"),
+    ('{"x": [1.0, 2.0', "Invalid JSON"),
+    ("not json at all", "Invalid JSON"),
+    ("[1, 2, 3]", "Input should be an object"),
+    ('{"x": [[1.0, 2.0]]}', "the model takes 1 feature(s) per row, got 2"),
+]
+
+
+@pytest.mark.parametrize("route", PREDICT_ROUTES)
+@pytest.mark.parametrize(("body", "message"), BAD_JSON_BODIES)
+def test_bad_json_gets_400_with_reason(
+    http: httpx.Client, route: str, body: str, message: str
+) -> None:
+    r = http.post(route, content=body.encode(), headers=JSON)
+    assert r.status_code == 400, r.text
+    assert message in r.text
+
+
+@pytest.mark.parametrize("route", PREDICT_ROUTES)
+def test_more_values_than_the_maximum(http: httpx.Client, route: str) -> None:
+    r = http.post(route, json={"x": [1.0] * (TEST_MAX_VALUES + 1)})
+    assert r.status_code == 400
+    assert f"too many values: {TEST_MAX_VALUES + 1} > MAX_VALUES={TEST_MAX_VALUES}" in r.text
+    assert http.post(route, json={"x": [1.0] * TEST_MAX_VALUES}).status_code == 200
+
+
+@pytest.mark.parametrize("route", [*PREDICT_ROUTES, "/predict_file"])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_wrong_content_type_gets_415(
+    http: httpx.Client, route: str, content_type: str | None
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = http.post(route, content=b'{"x": [1.0]}', headers=headers)
+    assert r.status_code == 415
+    assert "Content-Type must be" in r.json()["error"]
+
+
+def test_json_to_the_file_api_gets_415(http: httpx.Client) -> None:
+    r = http.post("/predict_file", json={"x": [1.0]})
+    assert r.status_code == 415
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("a.csv", b"a,b\n1,2\n", "no 'x' column"),
+        ("a.csv", b"x\n1\nhello\n", "x = 'hello' is not a number"),
+        ("a.csv", b"", "empty"),
+        ("a.csv", b"x\n", "no rows"),
+        ("a.csv", b"x\n1e39\n", "not a finite float32"),
+        ("a.npy", b"\x93NUMPY garbage", "not a readable .npy file"),
+    ],
+)
+def test_bad_files_get_400_with_reason(
+    http: httpx.Client, name: str, content: bytes, message: str
+) -> None:
+    r = http.post("/predict_file", files={"file": (name, content, "application/octet-stream")})
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]
+
+
+def test_file_field_missing_gets_400(http: httpx.Client) -> None:
+    r = http.post("/predict_file", files={"other": ("a.csv", b"x\n1\n", "text/csv")})
+    assert r.status_code == 400
+    assert "file" in r.text
+
+
+def test_server_survives_all_of_the_above(http: httpx.Client) -> None:
+    for body, _ in BAD_JSON_BODIES:
+        http.post("/predict", content=body.encode(), headers=JSON)
+    assert_still_serving(http)
+
+
+# --- adaptive batching: requests that arrive together each get their own answer ---------------
+
+
+def test_concurrent_batched_requests_each_get_their_own_answer(
+    http: httpx.Client, server_url: str
+) -> None:
+    n = 600
+
+    def call(i: int) -> tuple[int, int, dict, list[float]]:
+        x = [float(i), i + 0.5] if i % 3 else [float(i)]
+        with httpx.Client(base_url=server_url, timeout=60) as c:
+            r = c.post("/predict_batched", json={"x": x})
+        return i, r.status_code, r.json(), x
+
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        results = list(pool.map(call, range(n)))
+    for _i, status, body, x in results:
+        assert status == 200, body
+        np.testing.assert_allclose(body["y"], [2 * v for v in x], rtol=1e-6, atol=1e-6)
+    assert_still_serving(http)
+
+
+# --- choosing the model: your own ONNX file, by name or tag, without editing code -------------
+
+
+def triple_model(path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["inp", "k"], ["out"])],
+        "triple",
+        [helper.make_tensor_value_info("inp", TensorProto.FLOAT, ["rows", 1])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["rows", 1])],
+        [helper.make_tensor("k", TensorProto.FLOAT, [1], [3.0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path.write_bytes(model.SerializeToString())
+
+
+def test_serve_an_imported_user_model_by_tag(tmp_path: Path, model_home: Path) -> None:
+    triple_model(tmp_path / "triple.onnx")
+    imported = run_train(model_home, "--onnx", str(tmp_path / "triple.onnx"), "--name", "triple")
+    assert imported.returncode == 0, imported.stderr
+    tag = imported.stdout.strip()
+    server = BentoServer(model_home, tmp_path / "serve.log", MODEL_TAG=tag)
+    try:
+        server.wait_ready()
+        r = httpx.post(f"{server.url}/predict", json={"x": [1.0, 2.0]})
+        assert r.json() == {"y": [3.0, 6.0], "model": tag}
+        assert httpx.get(f"{server.url}/metadata").json()["signature"]["inputs"][0]["name"] == "inp"
+    finally:
+        server.stop()
+
+
+def test_hash_mismatch_refuses_to_start(tmp_path: Path, model_home: Path, demo_tag: str) -> None:
+    import shutil
+
+    home = tmp_path / "home"
+    shutil.copytree(model_home, home)
+    name, version = demo_tag.split(":")
+    with open(home / "models" / name / version / "model.onnx", "ab") as f:
+        f.write(b"tampered")
+    server = BentoServer(home, tmp_path / "serve.log")
+    try:
+        with pytest.raises(RuntimeError, match="exited") as info:
+            server.wait_ready(timeout=60)
+    finally:
+        server.stop()
+    message = str(info.value)
+    assert f"refusing to serve {demo_tag}" in message
+    assert re.search(
+        r"has SHA-256 [0-9a-f]{64}, but the model store recorded [0-9a-f]{64}", message
+    )

@@ -1,0 +1,195 @@
+"""Training, export, reproducibility and import of user models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import ROOT, run_train
+from onnx import TensorProto, helper
+
+import train_and_save as tas
+
+
+def test_fit_recovers_slope_and_intercept() -> None:
+    x, y = tas.generate_data(seed=42, samples=10_000, noise=1e-6)
+    slope, intercept = tas.fit_least_squares(x, y)
+    assert abs(slope - 2.0) < 1e-6
+    assert abs(intercept) < 1e-6
+
+
+def test_metrics_are_those_of_a_near_perfect_fit() -> None:
+    trained = tas.train(seed=42, samples=10_000, noise=1e-6, test_fraction=0.2)
+    metrics = trained["metadata"]["metrics"]
+    assert metrics["mae"] < 1e-4
+    assert metrics["rmse"] < 1e-4
+    assert metrics["r2"] > 0.999999
+    assert metrics["max_abs_diff_onnxruntime_vs_numpy"] < 1e-4
+
+
+def test_fit_check_refuses_a_poor_fit() -> None:
+    with pytest.raises(tas.TrainingError, match="fit is off"):
+        tas.train(seed=1, samples=100, noise=1.0, test_fraction=0.2)
+
+
+def test_onnx_graph_is_valid_and_computes_2x() -> None:
+    onnx_bytes = tas.build_onnx(2.0, 0.0)
+    model = onnx.load_model_from_string(onnx_bytes)
+    onnx.checker.check_model(model, full_check=True)
+    (inp,) = model.graph.input
+    dims = inp.type.tensor_type.shape.dim
+    assert inp.name == "x"
+    assert inp.type.tensor_type.elem_type == TensorProto.FLOAT
+    assert dims[0].dim_param == "N" and dims[1].dim_value == 1
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    x = np.array([[1.0], [2.0], [3.5], [-4.25]], dtype=np.float32)
+    (y,) = session.run(None, {"x": x})
+    np.testing.assert_array_equal(y, 2 * x)
+
+
+def test_same_seed_gives_byte_identical_onnx() -> None:
+    a = tas.train(seed=7, samples=5_000, noise=1e-7, test_fraction=0.2)["onnx_bytes"]
+    b = tas.train(seed=7, samples=5_000, noise=1e-7, test_fraction=0.2)["onnx_bytes"]
+    assert hashlib.sha256(a).hexdigest() == hashlib.sha256(b).hexdigest()
+
+
+def test_cli_saves_with_metadata_and_is_reproducible(tmp_path: Path) -> None:
+    first = run_train(tmp_path / "a", "--export", str(tmp_path / "a.onnx"))
+    second = run_train(tmp_path / "b", "--export", str(tmp_path / "b.onnx"))
+    assert first.returncode == 0, first.stderr
+    tag = first.stdout.strip()
+    assert tag == second.stdout.strip()  # same seed -> same file -> same tag
+    sha = hashlib.sha256((tmp_path / "a.onnx").read_bytes()).hexdigest()
+    assert sha == hashlib.sha256((tmp_path / "b.onnx").read_bytes()).hexdigest()
+    assert tag == f"linear-2x:sha256-{sha[:16]}"
+
+    info = json.loads(
+        subprocess.run(
+            [str(Path(sys.executable).parent / "bentoml"), "models", "get", tag, "-o", "json"],
+            env={"BENTOML_HOME": str(tmp_path / "a"), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    meta = info["metadata"]
+    assert meta["sha256"] == sha
+    assert meta["signature"]["inputs"] == [
+        {"name": "x", "dtype": "tensor(float)", "shape": ["N", 1]}
+    ]
+    assert meta["signature"]["outputs"][0]["name"] == "y"
+    assert meta["signature"]["opset"] == tas.OPSET
+    assert meta["signature"]["ir_version"] == tas.IR_VERSION
+    assert abs(meta["params"]["slope"] - 2.0) < 1e-6
+    assert set(meta["metrics"]) >= {"mae", "rmse", "r2"}
+    assert meta["training"]["seed"] == 42 and meta["training"]["samples"] == 10_000
+    assert set(meta["libraries"]) >= {"bentoml", "onnx", "onnxruntime", "numpy"}
+    assert info["labels"]["origin"] == "train_and_save"
+
+    again = run_train(tmp_path / "a")  # same content again: a no-op, same tag
+    assert again.returncode == 0 and again.stdout.strip() == tag
+    skipped = run_train(tmp_path / "a", "--if-missing", "--seed", "9")
+    assert skipped.returncode == 0 and "nothing to do" in skipped.stderr
+
+
+def _model(inputs: list, outputs: list, nodes: list) -> bytes:
+    graph = helper.make_graph(nodes, "user_model", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return model.SerializeToString()
+
+
+def two_feature_model() -> bytes:
+    """y = x0 + x1: a user's model with two features."""
+    return _model(
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch", 1])],
+        [
+            helper.make_node(
+                "ReduceSum", ["features"], ["total"], keepdims=1, noop_with_empty_axes=0
+            )
+        ],
+    )
+
+
+def test_import_of_a_user_model_records_its_signature(tmp_path: Path) -> None:
+    path = tmp_path / "sum.onnx"
+    path.write_bytes(two_feature_model())
+    result = run_train(tmp_path / "home", "--onnx", str(path), "--name", "summer")
+    assert result.returncode == 0, result.stderr
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert result.stdout.strip() == f"summer:sha256-{sha[:16]}"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such file"),
+        (b"this is not onnx", "not a valid ONNX model"),
+        (
+            _model(
+                [
+                    helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 1]),
+                    helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 1]),
+                ],
+                [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["N", 1])],
+                [helper.make_node("Add", ["a", "b"], ["c"])],
+            ),
+            "exactly one input",
+        ),
+        (
+            _model(
+                [helper.make_tensor_value_info("a", TensorProto.INT64, ["N", 1])],
+                [helper.make_tensor_value_info("c", TensorProto.INT64, ["N", 1])],
+                [helper.make_node("Identity", ["a"], ["c"])],
+            ),
+            "must be tensor(float)",
+        ),
+        (
+            _model(
+                [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3, 3])],
+                [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["N", 3, 3])],
+                [helper.make_node("Identity", ["a"], ["c"])],
+            ),
+            "rank 1",
+        ),
+    ],
+    ids=["missing", "not-onnx", "two-inputs", "int-input", "rank-3"],
+)
+def test_import_refuses_bad_files(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "model.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    result = run_train(tmp_path / "home", "--onnx", str(path), "--name", "bad")
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--samples", "abc"], ["--test-fraction", "2"], ["--label", "novalue"], ["--bogus"]],
+)
+def test_bad_arguments_exit_2_with_a_message(tmp_path: Path, args: list[str]) -> None:
+    result = run_train(tmp_path / "home", *args)
+    assert result.returncode == 2
+    assert "error:" in result.stderr
+
+
+def test_help_explains_every_option() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train_and_save.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for action in tas.build_parser()._actions:
+        for flag in action.option_strings:
+            assert flag in result.stdout
+        assert action.help, f"{action.option_strings} has no help text"

@@ -1,0 +1,142 @@
+"""Validation rules and chunked file processing, without a server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from onnx_serving.batch_files import predict_file
+from onnx_serving.validation import InvalidInput, PredictRequest, PredictResponse, to_array
+
+
+def double(x: np.ndarray) -> np.ndarray:
+    return (2 * x).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("body", "shape"),
+    [('{"x": [1, 2.5, -3]}', (3, 1)), ('{"x": [[1, 2], [3, 4], [5, 6]]}', (3, 2))],
+)
+def test_valid_requests_become_float32_arrays(body: str, shape: tuple[int, int]) -> None:
+    x = PredictRequest.model_validate_json(body).x
+    assert isinstance(x, np.ndarray) and x.dtype == np.float32 and x.shape == shape
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('{"x": ["1.5"]}', "valid number"),
+        ('{"x": [true]}', "valid number"),
+        ('{"x": [null]}', "valid number"),
+        ('{"x": [{"a": 1}]}', "valid number"),
+        ('{"x": [[1], [2, 3]]}', "ragged rows"),
+        ('{"x": [1, [2]]}', "valid number"),
+        ('{"x": [NaN]}', "not a finite float32"),
+        ('{"x": [1, Infinity]}', "x[1] = inf"),
+        ('{"x": [-Infinity]}', "not a finite float32"),
+        ('{"x": [1e39]}', "not a finite float32"),
+        ('{"x": [1e400]}', "not a finite float32"),
+        ('{"x": []}', "x is empty"),
+        ('{"x": [[]]}', "empty row"),
+        ("{}", "Field required"),
+        ('{"x": [1], "extra": 2}', "Extra inputs"),
+        ('{"x": [1, 2', "Invalid JSON"),
+        ('{"x": 5}', "valid array"),
+    ],
+)
+def test_bad_requests_say_what_is_wrong(body: str, message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        PredictRequest.model_validate_json(body)
+    assert message in str(info.value)
+
+
+def test_value_limit() -> None:
+    to_array([1.0] * 10, max_values=10)
+    with pytest.raises(ValueError, match="too many values: 11 > MAX_VALUES=10"):
+        to_array([1.0] * 11, max_values=10)
+    with pytest.raises(ValueError, match="too many values: 12"):
+        to_array([[1.0, 2.0]] * 6, max_values=10)
+
+
+def test_response_flattens_single_output() -> None:
+    y = np.array([[2.0], [4.0]], dtype=np.float32)
+    assert PredictResponse.from_array(y, "m:1").model_dump() == {"y": [2.0, 4.0], "model": "m:1"}
+    y2 = np.array([[1.0, 2.0]], dtype=np.float32)
+    assert PredictResponse.from_array(y2, "m:1").y == [[1.0, 2.0]]
+
+
+def write(tmp_path: Path, name: str, content: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+def test_csv_keeps_columns_and_order_across_chunks(tmp_path: Path) -> None:
+    rows = [f"id{i},{i * 0.5},tag{i}" for i in range(10)]
+    src = write(tmp_path, "in.csv", ("id,x,note\n" + "\n".join(rows) + "\n").encode())
+    out = predict_file(src, tmp_path, double, chunk_rows=3)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "id,x,note,y"
+    assert lines[1:] == [f"{r},{2 * i * 0.5}" for i, r in enumerate(rows)]
+
+
+def test_csv_with_quotes_crlf_bom_and_blank_lines(tmp_path: Path) -> None:
+    content = '\ufeffname,x\r\n"Smith, J",1.5\r\n\r\n"O""Neil",2\r\n'.encode()
+    out = predict_file(write(tmp_path, "q.csv", content), tmp_path, double, chunk_rows=2)
+    assert out.read_text().splitlines() == ["name,x,y", '"Smith, J",1.5,3.0', '"O""Neil",2,4.0']
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty"),
+        (b"a,b\n1,2\n", "no 'x' column"),
+        (b"x\n1\nabc\n3\n", "line 3: x = 'abc' is not a number"),
+        (b"x\n1\nnan\n", "not a finite float32"),
+        (b"x\n1e39\n", "not a finite float32"),
+        (b"x\n", "no rows"),
+        (b"id,x\n1\n", "has 1 fields, the header has 2"),
+        (b"x,y\n1,2\n", "already has a 'y' column"),
+        (b"\xff\xfe\x00garbage", "neither a .npy file nor UTF-8"),
+    ],
+)
+def test_bad_csv_is_refused_with_a_reason(tmp_path: Path, content: bytes, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        predict_file(write(tmp_path, "bad.csv", content), tmp_path, double, chunk_rows=2)
+
+
+@pytest.mark.parametrize("shape", [(7,), (7, 1)])
+def test_npy_round_trip(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    x = np.arange(7, dtype=np.float64).reshape(shape) / 4
+    src = tmp_path / "in.npy"
+    np.save(src, x)
+    out = predict_file(src, tmp_path, double, chunk_rows=3)
+    y = np.load(out)
+    assert y.dtype == np.float32 and y.shape == (7,)
+    np.testing.assert_array_equal(y, 2 * x.reshape(-1).astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.array([1, 2, 3], dtype=np.int64), "must hold floats"),
+        (np.zeros((0,), dtype=np.float32), "no rows"),
+        (np.zeros((2, 2, 2), dtype=np.float32), "must be \\[rows\\]"),
+        (np.array([1.0, np.inf], dtype=np.float32), "row\\[1\\] = inf"),
+    ],
+)
+def test_bad_npy_is_refused(tmp_path: Path, array: np.ndarray, message: str) -> None:
+    src = tmp_path / "in.npy"
+    np.save(src, array)
+    with pytest.raises(InvalidInput, match=message):
+        predict_file(src, tmp_path, double, chunk_rows=3)
+
+
+def test_pickled_npy_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "in.npy"
+    np.save(src, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InvalidInput, match=r"not a readable \.npy file"):
+        predict_file(src, tmp_path, double, chunk_rows=3)
