@@ -16,6 +16,9 @@ import httpx
 import psutil
 import pytest
 
+# Image fixtures (docker_engine, built_image, image_url) live beside this file.
+pytest_plugins = ["image_support"]
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 # The largest request the test server takes; the load tests send 100,000 values.

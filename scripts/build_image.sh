@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# `make image`: build the bento and containerize it with `bentoml containerize`.
+#
+#   bash scripts/build_image.sh            # base python:3.11-slim (needs a registry)
+#   OFFLINE=1 bash scripts/build_image.sh  # base built from Debian's packages, no registry
+#   FORCE=1 ...                            # rebuild even if the image tag already exists
+#
+# Tags: onnx_model:<project version>-<content hash> (immutable) and onnx_model:latest.
+# The content hash covers every file the bento takes, the effective bentofile, the
+# Dockerfile template, the model tag and SHA-256 and the base image: different code,
+# model or base never share a tag, and rebuilding unchanged content reuses the image.
+# The last line printed is the immutable image reference.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+export BENTOML_HOME=${BENTOML_HOME:-$ROOT/.bentoml}
+export BENTOML_DO_NOT_TRACK=${BENTOML_DO_NOT_TRACK:-true}
+PY=$ROOT/.venv/bin/python
+BENTOML=$ROOT/.venv/bin/bentoml
+log() { echo "build_image: $*" >&2; }
+started=$SECONDS
+
+bash scripts/docker_engine.sh >&2
+
+# bentoml containerize sets DOCKER_BUILDKIT=1 unless the caller chose; a docker client
+# without the buildx plugin then refuses to build. Use the classic builder in that case.
+if [ -z "${DOCKER_BUILDKIT:-}" ] && ! docker buildx version >/dev/null 2>&1; then
+    export DOCKER_BUILDKIT=0
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/build-image.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+BENTOFILE=bentofile.yaml
+BASE_ID=python:3.11-slim
+if [ "${OFFLINE:-0}" = 1 ]; then
+    BASE=$(bash scripts/offline_base.sh | tail -n 1)
+    BASE_ID=$(docker image inspect -f '{{.Id}}' "$BASE")
+    # Same recipe, other base: a derived bentofile, built with `bentoml build -f`
+    # (paths in it, like dockerfile_template, stay relative to the build context).
+    BENTOFILE=$WORK/bentofile.yaml
+    "$PY" - "$BASE" "$BENTOFILE" <<'PY'
+import sys
+
+import yaml
+
+base, out = sys.argv[1:]
+with open("bentofile.yaml") as f:
+    config = yaml.safe_load(f)
+config["docker"]["base_image"] = base
+with open(out, "w") as f:
+    yaml.safe_dump(config, f, sort_keys=False)
+PY
+    log "offline: base image $BASE"
+fi
+
+# Project version, model tag + SHA-256 and a hash of everything that goes into the image.
+eval "$("$PY" - "$BENTOFILE" "$BASE_ID" <<'PY'
+import hashlib
+import os
+import shlex
+import sys
+import tomllib
+
+import bentoml
+from bentoml._internal.bento.build_config import BentoBuildConfig, BentoPathSpec
+
+from onnx_serving.config import settings
+
+bentofile, base_id = sys.argv[1:]
+config = BentoBuildConfig.from_file(bentofile)
+specs = BentoPathSpec(config.include, config.exclude, ".")
+digest = hashlib.sha256()
+# The files `bentoml build` copies (same walk and same include/exclude rules).
+for root, dirs, files in os.walk("."):
+    dirs[:] = sorted(d for d in dirs if d not in (".git", ".venv", ".bentoml"))
+    for name in sorted(files):
+        path = os.path.relpath(os.path.join(root, name), ".")
+        if specs.includes(path):
+            digest.update(path.encode() + b"\0" + open(path, "rb").read() + b"\0")
+for path in (bentofile, config.docker.dockerfile_template):
+    digest.update(open(path, "rb").read() + b"\0")
+refs = {m.tag for m in config.models} | {settings().model_ref}
+models = sorted({str(bentoml.models.get(ref).tag) for ref in refs})
+for tag in models:
+    sha = bentoml.models.get(tag).info.metadata["sha256"]
+    digest.update(f"{tag}={sha}\0".encode())
+digest.update(base_id.encode())
+with open("pyproject.toml", "rb") as f:
+    project_version = tomllib.load(f)["project"]["version"]
+model = str(bentoml.models.get(settings().model_ref).tag)
+values = {
+    "PROJECT_VERSION": project_version,
+    "MODEL_TAG": model,
+    "MODEL_SHA256": bentoml.models.get(model).info.metadata["sha256"],
+    "BENTO_VERSION": f"{project_version}-{digest.hexdigest()[:12]}",
+}
+for key, value in values.items():
+    print(f"{key}={shlex.quote(value)}")
+PY
+)"
+GIT_REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+if [ "$GIT_REVISION" != unknown ] && [ -n "$(git status --porcelain 2>/dev/null)" ]; then
+    GIT_REVISION="$GIT_REVISION-dirty"
+fi
+NAME=onnx_model
+IMAGE=$NAME:$BENTO_VERSION
+
+if [ "${FORCE:-0}" != 1 ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
+    log "$IMAGE exists (same code, model and base): reusing it; FORCE=1 rebuilds"
+    docker tag "$IMAGE" "$NAME:latest"
+    echo "$IMAGE"
+    exit 0
+fi
+
+if "$BENTOML" get "$IMAGE" >/dev/null 2>&1; then
+    log "bento $IMAGE exists: reusing it"
+else
+    log "bentoml build $IMAGE"
+    "$BENTOML" build -f "$BENTOFILE" --version "$BENTO_VERSION" \
+        --label "project_version=$PROJECT_VERSION" --label "model_tag=$MODEL_TAG" \
+        --label "model_sha256=$MODEL_SHA256" --label "git_revision=$GIT_REVISION" \
+        "$ROOT" >"$WORK/build.log" 2>&1 || { cat "$WORK/build.log" >&2; exit 1; }
+fi
+
+log "bentoml containerize $IMAGE (DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-default})"
+created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+# cd: work-around for bentoml/BentoML#5566 (containerize with a dockerfile_template must
+# run from a directory that contains BentoML's temporary build context).
+(
+    cd "${TMPDIR:-/tmp}"
+    "$BENTOML" containerize "$IMAGE" -t "$IMAGE" -t "$NAME:latest" --opt network=host \
+        --opt "label=org.opencontainers.image.title=$NAME" \
+        --opt "label=org.opencontainers.image.description=ONNX model service (BentoML)" \
+        --opt "label=org.opencontainers.image.version=$PROJECT_VERSION" \
+        --opt "label=org.opencontainers.image.revision=$GIT_REVISION" \
+        --opt "label=org.opencontainers.image.created=$created" \
+        --opt "label=onnx-bento-service.bento=$IMAGE" \
+        --opt "label=onnx-bento-service.model.tag=$MODEL_TAG" \
+        --opt "label=onnx-bento-service.model.sha256=$MODEL_SHA256"
+) >"$WORK/containerize.log" 2>&1 || {
+    tail -n 60 "$WORK/containerize.log" >&2
+    [ "${OFFLINE:-0}" = 1 ] || log "no registry reachable for python:3.11-slim? try: make image OFFLINE=1"
+    exit 1
+}
+
+size=$(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')
+log "built $IMAGE and $NAME:latest ($size) in $((SECONDS - started)) s"
+log "run it: make run-image   or   docker run --rm -p 3000:3000 $IMAGE"
+echo "$IMAGE"

@@ -1,0 +1,189 @@
+"""Fixtures for the Docker image: an engine, the image built once, a container serving it.
+
+Loaded as a plugin (tests/conftest.py: `pytest_plugins = ["image_support"]`), so every test
+module shares one build and one running container:
+
+    docker_engine  session: scripts/docker_engine.sh; skips where no engine can be had,
+                   fails instead when CI=true
+    built_image    session: scripts/build_image.sh with OFFLINE=1 (no registry here)
+    image_container / image_url
+                   session: the image on a free loopback port with --network host;
+                   image_url is "http://127.0.0.1:PORT"; the container is always removed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+# Figures the image tests measure; printed in pytest's terminal summary.
+FIGURES: dict[str, str] = {}
+
+
+def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
+    """Run the docker CLI and return its stdout (stripped)."""
+    result = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result.stdout.strip()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def is_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=1) as r:
+            return r.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def image_env() -> dict[str, str]:
+    """The environment `make` gives the scripts: the project's model store, no tracking."""
+    return {
+        **os.environ,
+        "BENTOML_HOME": os.environ.get("BENTOML_HOME") or str(ROOT / ".bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+
+
+@dataclass
+class BuiltImage:
+    ref: str  # the immutable tag, onnx_model:<project version>-<content hash>
+    tags: list[str]
+    build_seconds: float
+
+
+@dataclass
+class Container:
+    """A detached container of the image, serving on a loopback port of the host network."""
+
+    image: str
+    port: int = field(default_factory=free_port)
+    name: str = field(default_factory=lambda: f"onnx-model-test-{uuid.uuid4().hex[:8]}")
+    ready_seconds: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> Container:
+        """docker run, then wait for /readyz 200; ready_seconds is the cold start."""
+        started = time.monotonic()
+        docker(
+            "run", "-d", "--name", self.name, "--network", "host",
+            "-e", f"BENTOML_PORT={self.port}", "-e", "BENTOML_HOST=127.0.0.1",
+            self.image, "serve", "--port", str(self.port),
+        )  # fmt: skip
+        while time.monotonic() - started < timeout:
+            if is_ready(self.url):
+                self.ready_seconds = time.monotonic() - started
+                return self
+            if self.state()["Status"] == "exited":
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} not ready on {self.url}:\n{self.logs()}")
+
+    def state(self) -> dict:
+        return json.loads(docker("inspect", "-f", "{{json .State}}", self.name))
+
+    def logs(self) -> str:
+        result = subprocess.run(
+            ["docker", "logs", "--tail", "60", self.name],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        return result.stdout + result.stderr
+
+    def remove(self) -> None:
+        docker("rm", "-f", self.name, check=False)
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> None:
+    """A Docker engine that answers; skip without one, but never in CI (CI=true)."""
+    try:
+        result = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "docker_engine.sh")],
+            capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        reason = (result.stdout + result.stderr).strip()[-2000:]
+        ok = result.returncode == 0
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        ok, reason = False, str(exc)
+    if not ok:
+        message = f"no Docker engine could be made available: {reason}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def built_image(docker_engine: None) -> BuiltImage:
+    """The image, built once per run from the offline base (no registry is reachable)."""
+    env = image_env()
+    model = subprocess.run(
+        [str(VENV_PYTHON), "train_and_save.py", "--if-missing"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert model.returncode == 0, model.stdout + model.stderr
+    started = time.monotonic()
+    build = subprocess.run(
+        ["bash", "scripts/build_image.sh"],
+        cwd=ROOT, env={**env, "OFFLINE": "1"}, capture_output=True, text=True, timeout=1200,
+        check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout + build.stderr[-5000:]
+    seconds = time.monotonic() - started
+    ref = build.stdout.strip().splitlines()[-1]
+    tags = json.loads(docker("image", "inspect", "-f", "{{json .RepoTags}}", ref))
+    FIGURES["build (scripts/build_image.sh, OFFLINE=1)"] = f"{seconds:.0f} s"
+    return BuiltImage(ref=ref, tags=tags, build_seconds=seconds)
+
+
+@pytest.fixture(scope="session")
+def image_container(built_image: BuiltImage) -> Iterator[Container]:
+    """The image serving on a free loopback port; removed at the end, also on failure."""
+    container = Container(built_image.ref)
+    try:
+        container.start()
+        FIGURES["cold start (session container)"] = f"{container.ready_seconds:.2f} s"
+        yield container
+    finally:
+        container.remove()
+
+
+@pytest.fixture(scope="session")
+def image_url(image_container: Container) -> str:
+    """Base URL of the containerized service, e.g. "http://127.0.0.1:PORT"."""
+    return image_container.url
+
+
+def median_seconds(values: list[float]) -> str:
+    return f"median {statistics.median(values):.2f} s ({', '.join(f'{v:.2f}' for v in values)})"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FIGURES:
+        terminalreporter.section("Docker image figures")
+        for name, value in FIGURES.items():
+            terminalreporter.write_line(f"{name}: {value}")

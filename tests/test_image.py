@@ -1,0 +1,180 @@
+"""The Docker image, built with `bentoml build` + `bentoml containerize`, run for real.
+
+Fixtures come from tests/image_support.py; the image is built once per run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import time
+import tomllib
+
+import httpx
+import numpy as np
+import pytest
+from image_support import FIGURES, ROOT, BuiltImage, Container, docker, median_seconds
+
+pytestmark = pytest.mark.image
+
+JSON = {"Content-Type": "application/json"}
+# Cold start = `docker run` to /readyz 200: 1.6-2.4 s on a quiet 2-core machine. The best of
+# COLD_RUNS is held to the limit (a busy shared machine slows single runs); all are printed.
+COLD_START_LIMIT_S = 3.0
+STOP_LIMIT_S = 5.0
+SIZE_LIMIT_MB = 350
+COLD_RUNS = 3
+
+
+@pytest.fixture(scope="module")
+def http(image_url: str) -> httpx.Client:
+    with httpx.Client(base_url=image_url, timeout=30) as client:
+        yield client
+
+
+def labels(ref: str) -> dict[str, str]:
+    return json.loads(docker("image", "inspect", "-f", "{{json .Config.Labels}}", ref))
+
+
+# --- every endpoint, answered from inside the container -----------------------------------
+
+
+@pytest.mark.parametrize("route", ["/predict", "/predict_batched"])
+def test_predict(http: httpx.Client, route: str, built_image: BuiltImage) -> None:
+    r = http.post(route, json={"x": [1.0, 2.0, 3.5]}, headers=JSON)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["y"] == [2.0, 4.0, 7.0]
+    assert body["model"] == labels(built_image.ref)["onnx-bento-service.model.tag"]
+
+
+def test_bad_input_is_a_400_with_reason(http: httpx.Client) -> None:
+    r = http.post("/predict", content='{"x": [NaN]}', headers=JSON)
+    assert r.status_code == 400 and "not a finite float32" in r.text
+
+
+def test_predict_file_csv(http: httpx.Client) -> None:
+    csv = b"id,x\n1,0.5\n2,-3\n3,1e3\n"
+    r = http.post("/predict_file", files={"file": ("data.csv", csv, "text/csv")})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/csv")
+    assert r.text.splitlines() == ["id,x,y", "1,0.5,1.0", "2,-3,-6.0", "3,1e3,2000.0"]
+
+
+def test_predict_file_npy(http: httpx.Client) -> None:
+    x = np.linspace(-5, 5, 101, dtype=np.float32)
+    buf = io.BytesIO()
+    np.save(buf, x)
+    r = http.post("/predict_file", files={"file": ("x.npy", buf.getvalue(), "application/x-npy")})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(np.load(io.BytesIO(r.content)), 2 * x, rtol=1e-6, atol=1e-6)
+
+
+def test_metadata_is_the_labelled_model(http: httpx.Client, built_image: BuiltImage) -> None:
+    meta = http.get("/metadata").json()
+    image_labels = labels(built_image.ref)
+    assert meta["tag"] == image_labels["onnx-bento-service.model.tag"]
+    assert meta["sha256"] == image_labels["onnx-bento-service.model.sha256"]
+    assert meta["signature"]["inputs"][0]["dtype"] == "tensor(float)"
+
+
+def test_health_and_metrics(http: httpx.Client) -> None:
+    assert http.get("/readyz").status_code == 200
+    assert http.get("/livez").status_code == 200
+    http.post("/predict", json={"x": [1.0]}, headers=JSON)
+    metrics = http.get("/metrics")
+    assert metrics.status_code == 200
+    assert re.search(r'request_total\{[^}]*endpoint="/predict"', metrics.text), metrics.text[:2000]
+
+
+# --- what the image is ---------------------------------------------------------------------
+
+
+def test_tags_and_labels(built_image: BuiltImage) -> None:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        version = tomllib.load(f)["project"]["version"]
+    # Immutable tag: project version + content hash; plus the moving `latest`.
+    assert re.fullmatch(rf"onnx_model:{re.escape(version)}-[0-9a-f]{{12}}", built_image.ref)
+    assert {built_image.ref, "onnx_model:latest"} <= set(built_image.tags)
+    got = labels(built_image.ref)
+    assert got["org.opencontainers.image.version"] == version
+    revision = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert got["org.opencontainers.image.revision"].removesuffix("-dirty") == revision
+    assert got["onnx-bento-service.bento"] == built_image.ref
+    assert re.fullmatch(r"[0-9a-f]{64}", got["onnx-bento-service.model.sha256"])
+    assert got["onnx-bento-service.model.tag"].startswith("linear-2x:")
+
+
+def test_healthcheck_probes_readyz(image_container: Container) -> None:
+    """The image's own HEALTHCHECK command succeeds inside the serving container."""
+    check = json.loads(
+        docker("inspect", "-f", "{{json .Config.Healthcheck}}", image_container.name)
+    )
+    assert check["Test"][0] == "CMD" and "/readyz" in check["Test"][-1]
+    docker("exec", image_container.name, *check["Test"][1:], timeout=30)
+
+
+def test_runs_as_non_root(image_container: Container) -> None:
+    assert docker("exec", image_container.name, "id", "-u") != "0"
+    # PID 1 is the server itself (BentoML's entrypoint execs it), as that user.
+    status = docker("exec", image_container.name, "cat", "/proc/1/status")
+    uid = re.search(r"^Uid:\s+(\d+)", status, re.M)
+    assert uid and uid.group(1) != "0"
+    cmdline = docker("exec", image_container.name, "cat", "/proc/1/cmdline").replace("\0", " ")
+    assert "bentoml serve" in cmdline
+
+
+def test_no_compilers_git_caches_or_onnx(built_image: BuiltImage) -> None:
+    script = (
+        "for c in gcc cc g++ make git curl pip pip3 uv; do command -v $c; done; "
+        "ls /root/.cache /var/cache/apt/archives/*.deb 2>/dev/null; "
+        "ls /var/lib/apt/lists | grep -v -e '^lock$' -e '^partial$'; "
+        "python3 -c 'import onnx' 2>/dev/null && echo onnx-importable; true"
+    )
+    found = docker("run", "--rm", "--network", "none", "--entrypoint", "sh", built_image.ref,
+                   "-c", script)  # fmt: skip
+    assert found == "", f"the image should not contain: {found}"
+
+
+def test_image_size(built_image: BuiltImage) -> None:
+    size_mb = int(docker("image", "inspect", "-f", "{{.Size}}", built_image.ref)) / 1e6
+    FIGURES["image size"] = f"{size_mb:.0f} MB ({built_image.ref})"
+    assert size_mb < SIZE_LIMIT_MB
+
+
+# --- start and stop, in short-lived containers of their own ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def short_runs(built_image: BuiltImage) -> list[tuple[float, float, int]]:
+    """(cold start s, `docker stop` s, exit code) of COLD_RUNS fresh containers."""
+    runs = []
+    for _ in range(COLD_RUNS):
+        container = Container(built_image.ref)
+        try:
+            container.start()
+            started = time.monotonic()
+            docker("stop", "-t", "20", container.name, timeout=60)
+            stopped = time.monotonic() - started
+            assert container.ready_seconds is not None
+            runs.append((container.ready_seconds, stopped, container.state()["ExitCode"]))
+        finally:
+            container.remove()
+    FIGURES["cold start (docker run -> /readyz 200)"] = median_seconds([r[0] for r in runs])
+    FIGURES["docker stop (SIGTERM -> exited)"] = median_seconds([r[1] for r in runs])
+    return runs
+
+
+def test_cold_start(short_runs: list[tuple[float, float, int]]) -> None:
+    assert min(r[0] for r in short_runs) < COLD_START_LIMIT_S
+
+
+def test_stops_cleanly_on_sigterm(short_runs: list[tuple[float, float, int]]) -> None:
+    for _, stop_seconds, exit_code in short_runs:
+        # Within the grace period and exit 0: the server handled SIGTERM, no SIGKILL (137).
+        assert stop_seconds < STOP_LIMIT_S
+        assert exit_code == 0
