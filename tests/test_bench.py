@@ -1,0 +1,62 @@
+"""`benchmarks/run.sh --smoke`: the benchmark harness runs end to end.
+
+Not a performance test: it checks that the harness starts and stops its servers,
+prints the table with every column and writes a well-formed JSON report. The
+numbers are judged from `make bench` on a quiet machine, never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_smoke(model_home: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "BENTOML_HOME": str(model_home), "BENTOML_DO_NOT_TRACK": "true"}
+    result = subprocess.run(
+        ["bash", "benchmarks/run.sh", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+
+    # The table: its header, one row per kind of case, and the targets' footer.
+    for column in ("req/s", "values/s", "p50 ms", "p99 ms", "err", "srv%", "gen%", "xlimit"):
+        assert column in out
+    for case in ("limit session.run+JSON", "baseline FastAPI", "/predict_batched", "/predict_file"):
+        assert case in out
+    assert "PASS" in out or "MISS" in out
+
+    # The JSON report: real requests were answered, and both sides' CPU was measured.
+    reports = list(tmp_path.glob("bench-*-smoke.json"))
+    assert len(reports) == 1, out
+    report = json.loads(reports[0].read_text())
+    assert report["meta"]["smoke"] is True
+    rows = {(r["case"], r["tool"], r["conns"], r["values_per_req"]): r for r in report["rows"]}
+    for key in [
+        ("baseline FastAPI", "wrk", 1, 1),
+        ("/predict", "wrk", 1, 1),
+        ("/predict", "python", 1, 1),
+        ("/predict_batched", "wrk", 1, 1),
+    ]:
+        row = rows[key]
+        assert row["requests"] > 0 and row["rps"] > 0, row
+        assert 0 < row["p50_ms"] <= row["p99_ms"], row
+        assert row["errors"] == 0, row
+        assert row["server_cpu"] > 0 and row["loadgen_cpu"] > 0, row
+        assert row["x_limit"] is not None, row
+    assert rows[("/predict", "wrk", 1, 1)]["x_baseline"] is not None
+    (file_row,) = [r for r in report["rows"] if r["case"].startswith("/predict_file")]
+    assert (
+        file_row["errors"] == 0 and file_row["extra"]["rows_returned"] == file_row["extra"]["rows"]
+    )
+    assert {t["status"] for t in report["targets"]} <= {"PASS", "MISS", "n/a"}
+    assert report["targets"], report
