@@ -3,6 +3,7 @@
     POST /predict          real time, no queue
     POST /predict_batched  the same contract, through BentoML's adaptive batching
     POST /predict_file     a large CSV or .npy file, streamed through in chunks
+    POST /predict_binary   little-endian float32 in and out, for large requests
     GET  /metadata         which model answers, its hash, metrics and signature
 
 Data flows one way: HTTP body -> validation (onnx_serving.validation) -> the one
@@ -18,7 +19,7 @@ import bentoml
 from pydantic import WrapValidator
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from onnx_serving import model_store
@@ -29,6 +30,7 @@ from onnx_serving.validation import (
     InvalidInput,
     PredictRequest,
     PredictResponse,
+    binary_rows,
 )
 
 with bentoml.importing():
@@ -54,14 +56,44 @@ async def metadata(_: Request) -> JSONResponse:
     return JSONResponse(service.runner.default.info)
 
 
-# GET routes live in a small Starlette app; BentoML APIs are POST only.
-info_app = Starlette(routes=[Route("/metadata", metadata, methods=["GET"])])
+async def predict_binary(request: Request) -> Response:
+    """Little-endian float32 rows in, float32 predictions out: no JSON to parse or write.
+
+    A plain route rather than a BentoML API: BentoML's API layer would decode the body
+    through its JSON/multipart serde, which is what this route exists to skip.
+    """
+    model = bentoml.get_current_service().model
+    try:
+        x = binary_rows(await request.body(), model.n_features or 1, SETTINGS.max_values)
+        y = model.run(x)
+    except InvalidInput as exc:
+        return bad_request(exc)
+    return Response(
+        np.ascontiguousarray(y, dtype="<f4").tobytes(),
+        media_type="application/octet-stream",
+        headers={"X-Model": model.tag, "X-Shape": ",".join(map(str, y.shape))},
+    )
+
+
+# Routes BentoML's @bentoml.api can't express: a GET, and a raw binary body.
+plain_routes = Starlette(
+    routes=[
+        Route("/metadata", metadata, methods=["GET"]),
+        Route("/predict_binary", predict_binary, methods=["POST"]),
+    ]
+)
+# Per-request access log and spans cost more than the model (README, Performance).
+OBSERVABILITY = {
+    "logging": {"access": {"enabled": SETTINGS.access_log}},
+    "tracing": {"excluded_urls": [] if SETTINGS.trace_predictions else ["/predict"]},
+}
 
 
 @bentoml.service(
     name="onnx_batcher",
     workers=1,
     traffic={"timeout": 300},
+    **OBSERVABILITY,
     # BentoML 1.4.39's client to this service replaces its HTTP session every 100 requests
     # (or 300 s) by closing the old one under requests still in flight, which fail with
     # "Server disconnected". Never replace it: the connection is local and long-lived.
@@ -95,11 +127,12 @@ class AdaptiveBatcher:
         return self.model.run(x)
 
 
-@bentoml.asgi_app(info_app, path="/")
+@bentoml.asgi_app(plain_routes, path="/")
 @bentoml.service(
     name="onnx_model",
     workers=SETTINGS.workers,
     traffic={"timeout": 300},
+    **OBSERVABILITY,
     labels={"project": "onnx-bento-service"},
 )
 class OnnxModelService:

@@ -26,6 +26,15 @@ def _int(name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
+def _bool(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     # Which model to serve: a full tag wins over a name (which means "its latest version").
@@ -43,6 +52,11 @@ class Settings:
     batch_max_latency_ms: int
     # HTTP worker processes of `bentoml serve` (each holds its own session).
     workers: int
+    # BentoML's per-request access log line and OpenTelemetry spans for prediction routes:
+    # together more than half of a small request's CPU (see README, Performance), so off
+    # unless asked for. Errors are logged and /metrics counts every request either way.
+    access_log: bool
+    trace_predictions: bool
 
     @property
     def model_ref(self) -> str:
@@ -60,6 +74,8 @@ class Settings:
             batch_max_size=_int("BATCH_MAX_SIZE", 4096, minimum=2),
             batch_max_latency_ms=_int("BATCH_MAX_LATENCY_MS", 1000),
             workers=_int("WORKERS", 1),
+            access_log=_bool("ACCESS_LOG"),
+            trace_predictions=_bool("TRACE_PREDICTIONS"),
         )
 
 

@@ -116,11 +116,26 @@ class PredictResponse(BaseModel):
         return cls.model_construct(y=values, model=model)
 
 
+def binary_rows(body: bytes, width: int, max_values: int) -> np.ndarray:
+    """A little-endian float32 body as a [rows, width] array, or InvalidInput."""
+    if not body:
+        raise InvalidInput("the body is empty: send little-endian float32 values")
+    if len(body) % (4 * width):
+        raise InvalidInput(
+            f"the body has {len(body)} bytes: not whole rows of {width} float32 value(s)"
+        )
+    if len(body) // 4 > max_values:
+        raise InvalidInput(f"too many values: {len(body) // 4} > MAX_VALUES={max_values}")
+    x = np.frombuffer(body, dtype="<f4").reshape(-1, width)
+    return check_float32(x, name="x")
+
+
 # Which media type each route accepts. BentoML would otherwise parse any body as JSON.
 ROUTE_MEDIA_TYPES = {
     "/predict": "application/json",
     "/predict_batched": "application/json",
     "/predict_file": "multipart/form-data",
+    "/predict_binary": "application/octet-stream",
 }
 
 

@@ -87,6 +87,35 @@ def test_predict_file_npy(http: httpx.Client) -> None:
     np.testing.assert_allclose(np.load(io.BytesIO(r.content)), 2 * x, rtol=1e-6, atol=1e-6)
 
 
+def test_predict_binary(http: httpx.Client, demo_tag: str) -> None:
+    x = np.random.default_rng(1).uniform(-1e3, 1e3, size=1000).astype("<f4")
+    r = http.post(
+        "/predict_binary", content=x.tobytes(), headers={"Content-Type": "application/octet-stream"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/octet-stream"
+    assert r.headers["x-model"] == demo_tag and r.headers["x-shape"] == "1000,1"
+    y = np.frombuffer(r.content, dtype="<f4")
+    np.testing.assert_allclose(y, 2 * x, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "the body is empty"),
+        (b"abcde", "not whole rows"),
+        (np.array([1.0, np.nan], dtype="<f4").tobytes(), "x[1] = nan is not a finite float32"),
+        (np.ones(TEST_MAX_VALUES + 1, dtype="<f4").tobytes(), "too many values"),
+    ],
+)
+def test_bad_binary_gets_400(http: httpx.Client, body: bytes, message: str) -> None:
+    r = http.post(
+        "/predict_binary", content=body, headers={"Content-Type": "application/octet-stream"}
+    )
+    assert r.status_code == 400
+    assert message in r.json()["error"]
+
+
 def test_metadata(http: httpx.Client, demo_tag: str, model_home: Path) -> None:
     meta = http.get("/metadata").json()
     name, version = demo_tag.split(":")
@@ -150,7 +179,7 @@ def test_more_values_than_the_maximum(http: httpx.Client, route: str) -> None:
     assert http.post(route, json={"x": [1.0] * TEST_MAX_VALUES}).status_code == 200
 
 
-@pytest.mark.parametrize("route", [*PREDICT_ROUTES, "/predict_file"])
+@pytest.mark.parametrize("route", [*PREDICT_ROUTES, "/predict_file", "/predict_binary"])
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
 def test_wrong_content_type_gets_415(
     http: httpx.Client, route: str, content_type: str | None
