@@ -1,0 +1,125 @@
+"""Locust users for the ONNX BentoML service.
+
+Pick users the Locust way: class names at the end of the command line (or LOCUST_USER_CLASSES),
+`--class-picker` in the web UI, `-u/-r/-t` for users, spawn rate and run time. Examples:
+
+    locust -f load_tests/locustfile.py -H http://127.0.0.1:3000 --headless -u 20 -t 30s MixedUser
+    locust -f load_tests/locustfile.py,load_tests/step_ramp.py -H ... --headless RealtimeUser
+
+Targets (`--p95-ms`, `--p99-ms`, `--min-rps`, `--max-fail-ratio`, `--user-rps`) are defined in
+targets.py; a run that misses one exits non-zero.
+"""
+
+from __future__ import annotations
+
+from locust import FastHttpUser, task
+from locust.contrib.fasthttp import ResponseContextManager
+from payloads import (
+    JSON_HEADERS,
+    CsvFile,
+    JsonBatch,
+    check_json_body,
+    check_metadata,
+    random_values,
+)
+from targets import paced
+
+# Built once per process: the load generator should spend its CPU on requests, not on payloads.
+BATCH_1K = JsonBatch(1_000)
+BATCH_100K = JsonBatch(100_000)
+CSV_1K = CsvFile(1_000)
+
+
+def _verdict(resp: ResponseContextManager, problem: str | None) -> None:
+    if resp.status_code < 200 or resp.status_code >= 300:
+        resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:120]}")
+    elif problem:
+        resp.failure(problem)
+    else:
+        resp.success()
+
+
+class ServiceUser(FastHttpUser):
+    """Shared request helpers; not run by itself."""
+
+    abstract = True
+    wait_time = paced
+    # Large batches take a while; a hung request still has to end within the run.
+    network_timeout = 60.0
+
+    def predict_values(self, path: str, name: str | None = None) -> None:
+        x = random_values(1)
+        with self.client.post(path, json={"x": x}, name=name or path, catch_response=True) as resp:
+            _verdict(resp, check_json_body(resp.content, x) if resp.ok else None)
+
+    def predict_batch(self, batch: JsonBatch, name: str) -> None:
+        with self.client.post(
+            "/predict", data=batch.body, headers=JSON_HEADERS, name=name, catch_response=True
+        ) as resp:
+            _verdict(resp, check_json_body(resp.content, batch.x) if resp.ok else None)
+
+    def predict_file(self, upload: CsvFile, name: str) -> None:
+        files = {"file": ("data.csv", upload.content, "text/csv")}
+        with self.client.post("/predict_file", files=files, name=name, catch_response=True) as resp:
+            _verdict(resp, upload.check(resp.content) if resp.ok else None)
+
+
+class RealtimeUser(ServiceUser):
+    """The real-time API: one value per request to /predict."""
+
+    @task
+    def predict_one(self) -> None:
+        self.predict_values("/predict")
+
+
+class BatchedUser(ServiceUser):
+    """The adaptively batched API: one value per request; run many of them so batches form."""
+
+    @task
+    def predict_one_batched(self) -> None:
+        self.predict_values("/predict_batched")
+
+
+class LargeBatchUser(ServiceUser):
+    """Large batches to /predict: 1,000 values often, 100,000 values now and then."""
+
+    @task(10)
+    def predict_1k(self) -> None:
+        self.predict_batch(BATCH_1K, "/predict [1k values]")
+
+    @task(1)
+    def predict_100k(self) -> None:
+        self.predict_batch(BATCH_100K, "/predict [100k values]")
+
+
+class FileUser(ServiceUser):
+    """The file API: a 1,000-row CSV to /predict_file."""
+
+    @task
+    def predict_csv(self) -> None:
+        self.predict_file(CSV_1K, "/predict_file [1k-row CSV]")
+
+
+class MixedUser(ServiceUser):
+    """A realistic mix: mostly single values, some through batching, a few batches and files."""
+
+    @task(70)
+    def predict_one(self) -> None:
+        self.predict_values("/predict")
+
+    @task(20)
+    def predict_one_batched(self) -> None:
+        self.predict_values("/predict_batched")
+
+    @task(8)
+    def predict_1k(self) -> None:
+        self.predict_batch(BATCH_1K, "/predict [1k values]")
+
+    @task(2)
+    def predict_csv(self) -> None:
+        self.predict_file(CSV_1K, "/predict_file [1k-row CSV]")
+
+    @task(1)
+    def metadata(self) -> None:
+        with self.client.get("/metadata", catch_response=True) as resp:
+            _verdict(resp, check_metadata(resp.content) if resp.ok else None)
