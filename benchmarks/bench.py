@@ -204,6 +204,14 @@ def body_file(tmp: Path, values: int) -> Path:
     return path
 
 
+def binary_body_file(tmp: Path, values: int) -> Path:
+    """The same values as body_file, as little-endian float32 for /predict_binary."""
+    path = tmp / f"body_{values}.f32"
+    if not path.exists():
+        (np.arange(values, dtype="<f4") / 7).tofile(path)
+    return path
+
+
 def _tagged_json(out: str, tag: str) -> dict:
     for line in out.splitlines():
         if line.startswith(tag + " "):
@@ -445,8 +453,17 @@ def run_plan(plan: Plan, tmp: Path, log_dir: Path, servers: list[Server]) -> tup
         )
         print(f"  {rows[-1].case} x{lim['values']}: {lim['us']:.1f} us/call", flush=True)
 
-    def wrk_case(server: Server, case: str, path: str, values: int, conns: int, **kw: Any) -> None:
-        res, m = run_wrk(server, path, b1000 if values == 1000 else b1, conns, d, **kw)
+    def wrk_case(
+        server: Server,
+        case: str,
+        path: str,
+        values: int,
+        conns: int,
+        body: Path | None = None,
+        **kw: Any,
+    ) -> None:
+        body = body or (b1000 if values == 1000 else b1)
+        res, m = run_wrk(server, path, body, conns, d, **kw)
         rows.append(http_row(case, "wrk", conns, values, res, m))
         r = rows[-1]
         print(f"  {case} c={conns} x{values}: {r.rps:,.0f} req/s p99 {r.p99_ms:.2f} ms", flush=True)
@@ -486,6 +503,18 @@ def run_plan(plan: Plan, tmp: Path, log_dir: Path, servers: list[Server]) -> tup
                     py_case(srv, path, path, 1)
                 if "pyclient" in plan.cases and path == "/predict" and not plan.smoke:
                     py_case(srv, path, path, 16)
+            if "predict" in plan.cases and not plan.smoke:
+                # The binary route against JSON /predict at 1,000 values (same values).
+                binary = binary_body_file(tmp, 1000)
+                wrk_case(
+                    srv,
+                    "/predict_binary",
+                    "/predict_binary",
+                    1000,
+                    16,
+                    body=binary,
+                    content_type="application/octet-stream",
+                )
             if "file" in plan.cases:
                 rows.append(bench_file(srv, tmp, plan.file_rows))
                 r = rows[-1]
