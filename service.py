@@ -1,4 +1,4 @@
-"""The BentoML service: one ONNX model over HTTP, three ways.
+"""The BentoML service: one ONNX model over HTTP.
 
     POST /predict          real time, no queue
     POST /predict_batched  the same contract, through BentoML's adaptive batching

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,9 +12,9 @@ import numpy as np
 import pytest
 from bentoml.exceptions import BentoMLException
 from conftest import TEST_MAX_VALUES, BentoServer, run_train
+from endpoint_checks import JSON, check_predict, check_predict_file_csv, check_predict_file_npy
 from onnx import TensorProto, helper
 
-JSON = {"Content-Type": "application/json"}
 PREDICT_ROUTES = ["/predict", "/predict_batched"]
 
 
@@ -41,10 +40,7 @@ def assert_still_serving(http: httpx.Client) -> None:
 
 @pytest.mark.parametrize("route", PREDICT_ROUTES)
 def test_predict_raw_http(http: httpx.Client, route: str, demo_tag: str) -> None:
-    r = http.post(route, json={"x": [1.0, 2.0, 3.5]})
-    assert r.status_code == 200
-    assert r.headers["content-type"].startswith("application/json")
-    assert r.json() == {"y": [2.0, 4.0, 7.0], "model": demo_tag}
+    check_predict(http, route, demo_tag)
 
 
 @pytest.mark.parametrize("route", PREDICT_ROUTES)
@@ -68,23 +64,9 @@ def test_sync_http_client(client: bentoml.SyncHTTPClient, demo_tag: str, tmp_pat
         client.predict(x=[float("nan")])
 
 
-def test_predict_file_csv(http: httpx.Client) -> None:
-    csv = b"id,x,label\n1,0.5,a\n2,-3,b\n3,1e3,c\n"
-    r = http.post("/predict_file", files={"file": ("data.csv", csv, "text/csv")})
-    assert r.status_code == 200, r.text
-    assert r.headers["content-type"].startswith("text/csv")
-    assert r.text.splitlines() == ["id,x,label,y", "1,0.5,a,1.0", "2,-3,b,-6.0", "3,1e3,c,2000.0"]
-
-
-def test_predict_file_npy(http: httpx.Client) -> None:
-    x = np.linspace(-5, 5, 1001, dtype=np.float32)
-    buf = io.BytesIO()
-    np.save(buf, x)
-    r = http.post(
-        "/predict_file", files={"file": ("x.npy", buf.getvalue(), "application/octet-stream")}
-    )
-    assert r.status_code == 200, r.text
-    np.testing.assert_allclose(np.load(io.BytesIO(r.content)), 2 * x, rtol=1e-6, atol=1e-6)
+def test_predict_file(http: httpx.Client) -> None:
+    check_predict_file_csv(http)
+    check_predict_file_npy(http, rows=1001)
 
 
 def test_predict_binary(http: httpx.Client, demo_tag: str) -> None:

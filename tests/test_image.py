@@ -5,7 +5,6 @@ Fixtures come from tests/image_support.py; the image is built once per run.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import subprocess
@@ -13,13 +12,12 @@ import time
 import tomllib
 
 import httpx
-import numpy as np
 import pytest
+from endpoint_checks import JSON, check_predict, check_predict_file_csv, check_predict_file_npy
 from image_support import FIGURES, ROOT, BuiltImage, Container, docker, median_seconds
 
 pytestmark = pytest.mark.image
 
-JSON = {"Content-Type": "application/json"}
 # Cold start = `docker run` to /readyz 200: 1.6-2.4 s on a quiet 2-core machine. The best of
 # COLD_RUNS is held to the limit (a busy shared machine slows single runs); all are printed.
 COLD_START_LIMIT_S = 3.0
@@ -43,11 +41,7 @@ def labels(ref: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("route", ["/predict", "/predict_batched"])
 def test_predict(http: httpx.Client, route: str, built_image: BuiltImage) -> None:
-    r = http.post(route, json={"x": [1.0, 2.0, 3.5]}, headers=JSON)
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["y"] == [2.0, 4.0, 7.0]
-    assert body["model"] == labels(built_image.ref)["onnx-bento-service.model.tag"]
+    check_predict(http, route, labels(built_image.ref)["onnx-bento-service.model.tag"])
 
 
 def test_bad_input_is_a_400_with_reason(http: httpx.Client) -> None:
@@ -55,21 +49,9 @@ def test_bad_input_is_a_400_with_reason(http: httpx.Client) -> None:
     assert r.status_code == 400 and "not a finite float32" in r.text
 
 
-def test_predict_file_csv(http: httpx.Client) -> None:
-    csv = b"id,x\n1,0.5\n2,-3\n3,1e3\n"
-    r = http.post("/predict_file", files={"file": ("data.csv", csv, "text/csv")})
-    assert r.status_code == 200, r.text
-    assert r.headers["content-type"].startswith("text/csv")
-    assert r.text.splitlines() == ["id,x,y", "1,0.5,1.0", "2,-3,-6.0", "3,1e3,2000.0"]
-
-
-def test_predict_file_npy(http: httpx.Client) -> None:
-    x = np.linspace(-5, 5, 101, dtype=np.float32)
-    buf = io.BytesIO()
-    np.save(buf, x)
-    r = http.post("/predict_file", files={"file": ("x.npy", buf.getvalue(), "application/x-npy")})
-    assert r.status_code == 200, r.text
-    np.testing.assert_allclose(np.load(io.BytesIO(r.content)), 2 * x, rtol=1e-6, atol=1e-6)
+def test_predict_file(http: httpx.Client) -> None:
+    check_predict_file_csv(http)
+    check_predict_file_npy(http, rows=101)
 
 
 def test_metadata_is_the_labelled_model(http: httpx.Client, built_image: BuiltImage) -> None:
