@@ -25,12 +25,12 @@ from starlette.routing import Route
 from onnx_serving import model_store
 from onnx_serving.config import settings
 from onnx_serving.validation import (
-    ArrayRows,
+    BatchPredictions,
     ContentTypeGuard,
     InvalidInput,
-    PredictRequest,
     PredictResponse,
     binary_rows,
+    request_model,
 )
 
 with bentoml.importing():
@@ -43,7 +43,13 @@ SETTINGS = settings()
 # Resolve and check the model here, in the `bentoml serve` process itself: a missing model
 # or a hash mismatch then stops the command at once, instead of a worker failing at start
 # and being restarted forever.
-MODEL = bentoml.models.BentoModel(str(model_store.get_verified(SETTINGS.model_ref).tag))
+STORED = model_store.get_verified(SETTINGS.model_ref)
+MODEL = bentoml.models.BentoModel(str(STORED.tag))
+# Requests are checked against the served model's width before they reach it; batched
+# requests also against the batch size, so that BentoML never has to split one.
+N_FEATURES = STORED.info.metadata["signature"]["n_features"]
+PredictRequest = request_model(N_FEATURES)
+BatchedRequest = request_model(N_FEATURES, SETTINGS.batch_max_size, "BATCH_MAX_SIZE")
 UploadedFile = Annotated[Path, WrapValidator(spool_upload)]
 
 
@@ -89,44 +95,6 @@ OBSERVABILITY = {
 }
 
 
-@bentoml.service(
-    name="onnx_batcher",
-    workers=1,
-    traffic={"timeout": 300},
-    **OBSERVABILITY,
-    # BentoML 1.4.39's client to this service replaces its HTTP session every 100 requests
-    # (or 300 s) by closing the old one under requests still in flight, which fail with
-    # "Server disconnected". Never replace it: the connection is local and long-lived.
-    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
-)
-class AdaptiveBatcher:
-    """The model behind BentoML's adaptive batching, in a process of its own.
-
-    BentoML batches in the service that owns the batchable API; OnnxModelService
-    reaches this one through `bentoml.depends`. It has no port of its own outside
-    `bentoml serve`, so only validated requests reach it.
-    """
-
-    model_ref = MODEL
-
-    def __init__(self) -> None:
-        self.model = ModelRunner(SETTINGS).load(str(self.model_ref.tag))
-
-    @bentoml.api(
-        batchable=True,
-        batch_dim=0,
-        max_batch_size=SETTINGS.batch_max_size,
-        max_latency_ms=SETTINGS.batch_max_latency_ms,
-    )
-    async def predict_array(self, x: ArrayRows) -> np.ndarray:
-        """[rows, features] in, [rows, outputs] out.
-
-        Requests that arrive together are stacked along rows, run once and split
-        back, so each caller gets exactly its own rows.
-        """
-        return self.model.run(x)
-
-
 @bentoml.asgi_app(plain_routes, path="/")
 @bentoml.service(
     name="onnx_model",
@@ -136,9 +104,8 @@ class AdaptiveBatcher:
     labels={"project": "onnx-bento-service"},
 )
 class OnnxModelService:
-    # Class attributes, so that `bentoml build` packs the model and the batcher.
+    # A class attribute, so that `bentoml build` packs the model into the bento.
     model_ref = MODEL
-    batcher = bentoml.depends(AdaptiveBatcher)
 
     def __init__(self) -> None:
         # Loads, verifies the SHA-256 and warms up before /readyz turns 200.
@@ -149,20 +116,23 @@ class OnnxModelService:
     async def predict(self, x: np.ndarray) -> PredictResponse:
         """Real-time prediction: rows in, predictions out, in the same order."""
         # async and inline: a microsecond-scale ONNX call is cheaper than a thread hop.
-        try:
-            return PredictResponse.from_array(self.model.run(x), self.model.tag)
-        except InvalidInput as exc:
-            return bad_request(exc)
+        return PredictResponse.from_array(self.model.run(x), self.model.tag)
 
-    @bentoml.api(input_spec=PredictRequest)
-    async def predict_batched(self, x: np.ndarray) -> PredictResponse:
-        """The same contract as /predict, served through adaptive batching."""
-        try:
-            self.model.check_width(x)
-        except InvalidInput as exc:
-            return bad_request(exc)
-        y = await self.batcher.to_async.predict_array(x)
-        return PredictResponse.from_array(y, self.model.tag)
+    @bentoml.api(
+        batchable=True,
+        batch_dim=0,
+        max_batch_size=SETTINGS.batch_max_size,
+        max_latency_ms=SETTINGS.batch_max_latency_ms,
+        input_spec=BatchedRequest,
+        output_spec=PredictResponse,
+    )
+    async def predict_batched(self, x: np.ndarray) -> BatchPredictions:
+        """The same contract as /predict, served through BentoML's adaptive batching.
+
+        Requests that arrive together are stacked along rows into `x`, run once, and
+        handed back a slice each, so every caller gets exactly its own rows.
+        """
+        return BatchPredictions(self.model.run(x), self.model.tag)
 
     @bentoml.api
     def predict_file(self, file: UploadedFile) -> Path:

@@ -8,11 +8,18 @@ which value was wrong and why.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Self
 
 import numpy as np
-from bentoml.validators import DType
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    model_validator,
+)
 
 from .config import settings
 
@@ -83,25 +90,47 @@ InputRows = Annotated[
 ]
 
 
-def _check_array(x: np.ndarray) -> np.ndarray:
-    if x.ndim != 2 or len(x) == 0:
-        raise ValueError(f"x must be a non-empty [rows, features] array, got shape {x.shape}")
-    if x.size > settings().max_values:
-        raise ValueError(f"too many values: {x.size} > MAX_VALUES={settings().max_values}")
-    check_float32(x, name="x")
-    return x
-
-
-# The adaptive-batching entry takes arrays: BentoML stacks them along rows.
-ArrayRows = Annotated[np.ndarray, DType("float32"), AfterValidator(_check_array)]
-
-
 class PredictRequest(BaseModel):
-    """One row per value of `x`, or one list per row for models with several features."""
+    """One row per value of `x`, or one list per row for models with several features.
+
+    Use `request_model()` for the subclass that knows the served model's width.
+    """
 
     model_config = ConfigDict(extra="forbid")
+    # Set per served model by request_model(); None means "don't check".
+    n_features: ClassVar[int | None] = None
+    max_rows: ClassVar[int | None] = None
+    max_rows_setting: ClassVar[str] = ""
 
     x: InputRows
+
+    @model_validator(mode="after")
+    def _fits_the_model(self) -> Self:
+        rows, width = self.x.shape
+        if self.n_features is not None and width != self.n_features:
+            raise ValueError(f"the model takes {self.n_features} feature(s) per row, got {width}")
+        if self.max_rows is not None and rows > self.max_rows:
+            raise ValueError(
+                f"too many rows for adaptive batching: {rows} > {self.max_rows_setting}="
+                f"{self.max_rows}; send large requests to /predict or /predict_binary"
+            )
+        return self
+
+
+def request_model(
+    n_features: int | None, max_rows: int | None = None, max_rows_setting: str = ""
+) -> type[PredictRequest]:
+    """PredictRequest for a model that takes `n_features` values per row."""
+    return type(
+        "PredictRequest",
+        (PredictRequest,),
+        {
+            "__doc__": PredictRequest.__doc__,
+            "n_features": n_features,
+            "max_rows": max_rows,
+            "max_rows_setting": max_rows_setting,
+        },
+    )
 
 
 class PredictResponse(BaseModel):
@@ -114,6 +143,25 @@ class PredictResponse(BaseModel):
         values = y[:, 0].tolist() if y.shape[1] == 1 else y.tolist()
         # Already checked by construction; skip re-validating thousands of floats.
         return cls.model_construct(y=values, model=model)
+
+
+class BatchPredictions:
+    """The predictions for a whole adaptive batch, as BentoML's batching hands them out.
+
+    BentoML stacks the requests of a batch along rows, calls the API once, and gives
+    each request its share of the result with `result[start:stop]`. Slicing this
+    object yields that request's own PredictResponse, so /predict_batched answers in
+    the same shape as /predict.
+    """
+
+    def __init__(self, y: np.ndarray, model: str) -> None:
+        self.y, self.model = y, model
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, rows: slice) -> PredictResponse:
+        return PredictResponse.from_array(self.y[rows], self.model)
 
 
 def binary_rows(body: bytes, width: int, max_values: int) -> np.ndarray:

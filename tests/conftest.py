@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 # The largest request the test server takes; the load tests send 100,000 values.
 TEST_MAX_VALUES = 150_000
+TEST_BATCH_MAX_SIZE = 2_000
 
 
 def free_port() -> int:
@@ -130,7 +131,12 @@ def demo_tag(model_home: Path) -> str:
 def server_url(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `bentoml serve` of the demo model on a free loopback port."""
     log = tmp_path_factory.mktemp("logs") / "serve.log"
-    server = BentoServer(model_home, log, MAX_VALUES=str(TEST_MAX_VALUES))
+    server = BentoServer(
+        model_home,
+        log,
+        MAX_VALUES=str(TEST_MAX_VALUES),
+        BATCH_MAX_SIZE=str(TEST_BATCH_MAX_SIZE),
+    )
     try:
         server.wait_ready()
         yield server.url

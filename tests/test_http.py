@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 from bentoml.exceptions import BentoMLException
-from conftest import TEST_MAX_VALUES, BentoServer, run_train
+from conftest import TEST_BATCH_MAX_SIZE, TEST_MAX_VALUES, BentoServer, run_train
 from endpoint_checks import JSON, check_predict, check_predict_file_csv, check_predict_file_npy
 from onnx import TensorProto, helper
 
@@ -158,7 +158,15 @@ def test_more_values_than_the_maximum(http: httpx.Client, route: str) -> None:
     r = http.post(route, json={"x": [1.0] * (TEST_MAX_VALUES + 1)})
     assert r.status_code == 400
     assert f"too many values: {TEST_MAX_VALUES + 1} > MAX_VALUES={TEST_MAX_VALUES}" in r.text
-    assert http.post(route, json={"x": [1.0] * TEST_MAX_VALUES}).status_code == 200
+    assert http.post("/predict", json={"x": [1.0] * TEST_MAX_VALUES}).status_code == 200
+
+
+def test_batched_requests_fit_in_one_batch(http: httpx.Client) -> None:
+    # BentoML would split a larger request across batches; refuse it with a pointer instead.
+    assert http.post("/predict_batched", json={"x": [1.0] * TEST_BATCH_MAX_SIZE}).status_code == 200
+    r = http.post("/predict_batched", json={"x": [1.0] * (TEST_BATCH_MAX_SIZE + 1)})
+    assert r.status_code == 400
+    assert f"{TEST_BATCH_MAX_SIZE + 1} > BATCH_MAX_SIZE={TEST_BATCH_MAX_SIZE}" in r.text
 
 
 @pytest.mark.parametrize("route", [*PREDICT_ROUTES, "/predict_file", "/predict_binary"])
@@ -214,6 +222,14 @@ def test_server_survives_all_of_the_above(http: httpx.Client) -> None:
 def test_concurrent_batched_requests_each_get_their_own_answer(
     http: httpx.Client, server_url: str
 ) -> None:
+    def batches_run() -> float:
+        metrics = http.get("/metrics").text
+        found = re.search(
+            r'adaptive_batch_size_count\{[^}]*"predict_batched"[^}]*\} (\S+)', metrics
+        )
+        return float(found.group(1)) if found else 0.0
+
+    before = batches_run()
     n = 600
 
     def call(i: int) -> tuple[int, int, dict, list[float]]:
@@ -227,6 +243,8 @@ def test_concurrent_batched_requests_each_get_their_own_answer(
     for _i, status, body, x in results:
         assert status == 200, body
         np.testing.assert_allclose(body["y"], [2 * v for v in x], rtol=1e-6, atol=1e-6)
+    # Fewer model calls than requests: requests that arrived together were batched.
+    assert 0 < batches_run() - before < n
     assert_still_serving(http)
 
 

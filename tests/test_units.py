@@ -9,7 +9,14 @@ import pytest
 from pydantic import ValidationError
 
 from onnx_serving.batch_files import predict_file
-from onnx_serving.validation import InvalidInput, PredictRequest, PredictResponse, to_array
+from onnx_serving.validation import (
+    BatchPredictions,
+    InvalidInput,
+    PredictRequest,
+    PredictResponse,
+    request_model,
+    to_array,
+)
 
 
 def double(x: np.ndarray) -> np.ndarray:
@@ -59,6 +66,23 @@ def test_value_limit() -> None:
         to_array([1.0] * 11, max_values=10)
     with pytest.raises(ValueError, match="too many values: 12"):
         to_array([[1.0, 2.0]] * 6, max_values=10)
+
+
+def test_request_model_checks_width_and_batch_rows() -> None:
+    one_feature = request_model(1, max_rows=3, max_rows_setting="BATCH_MAX_SIZE")
+    assert one_feature.model_validate_json('{"x": [1, 2, 3]}').x.shape == (3, 1)
+    with pytest.raises(ValidationError, match="the model takes 1 feature\\(s\\) per row, got 2"):
+        one_feature.model_validate_json('{"x": [[1, 2]]}')
+    with pytest.raises(ValidationError, match="too many rows for adaptive batching: 4 > BATCH_MAX"):
+        one_feature.model_validate_json('{"x": [1, 2, 3, 4]}')
+
+
+def test_batch_predictions_hand_each_request_its_rows() -> None:
+    # BentoML splits a batch's result with result[start:stop], one slice per request.
+    batch = BatchPredictions(np.array([[2.0], [4.0], [6.0]], dtype=np.float32), "m:1")
+    assert len(batch) == 3
+    assert batch[0:2] == PredictResponse(y=[2.0, 4.0], model="m:1")
+    assert batch[2:3] == PredictResponse(y=[6.0], model="m:1")
 
 
 def test_response_flattens_single_output() -> None:
