@@ -162,10 +162,11 @@ def _predict_csv(src: Path, dest: Path, predict: Predict, chunk_rows: int) -> tu
             y = predict(x32).reshape(len(lines), -1)
             if y.shape[1] != 1:
                 raise InvalidInput("CSV output needs a model with one output value per row")
-            # float32 -> shortest text that reads back as the same float32.
-            ys = y[:, 0].astype("S")
+            # %.9g: the fewest digits that always read back as the same float32, and one
+            # formatting step per row (about twice as fast as NumPy's shortest-repr astype).
             out.writelines(
-                ln.rstrip(b"\r\n") + b"," + v + b"\n" for ln, v in zip(lines, ys, strict=True)
+                b"%s,%.9g\n" % (ln.rstrip(b"\r\n"), v)
+                for ln, v in zip(lines, y[:, 0].tolist(), strict=True)
             )
             rows += len(lines)
     if rows == 0:
