@@ -28,6 +28,7 @@ class LoadedModel:
     tag: str
     session: ort.InferenceSession
     input_name: str
+    input_rank: int  # 1: the model takes [rows]; 2: [rows, features]
     n_features: int | None
     info: dict[str, Any]
 
@@ -40,10 +41,9 @@ class LoadedModel:
     def run(self, x: np.ndarray) -> np.ndarray:
         """x: float32 [rows, features] -> float32 [rows, outputs] (or [rows])."""
         self.check_width(x)
-        if len(self.info["signature"]["inputs"][0]["shape"]) == 1:
+        if self.input_rank == 1:
             x = x.reshape(-1)
-        (y,) = self.session.run(None, {self.input_name: x})[:1]
-        return y
+        return self.session.run(None, {self.input_name: x})[0]
 
 
 def session_options(settings: Settings) -> ort.SessionOptions:
@@ -93,6 +93,7 @@ class ModelRunner:
             tag=tag,
             session=session,
             input_name=session.get_inputs()[0].name,
+            input_rank=len(signature["inputs"][0]["shape"]),
             n_features=signature.get("n_features"),
             info=info,
         )

@@ -172,3 +172,24 @@ def test_pickled_npy_is_refused(tmp_path: Path) -> None:
     np.save(src, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InvalidInput, match=r"not a readable \.npy file"):
         predict_file(src, tmp_path, double, chunk_rows=3)
+
+
+def test_runner_feeds_rank_1_models_a_flat_vector() -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from onnx_serving.runner import LoadedModel
+
+    graph = helper.make_graph(
+        [helper.make_node("Neg", ["v"], ["w"])],
+        "negate",
+        [helper.make_tensor_value_info("v", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("w", TensorProto.FLOAT, ["n"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    loaded = LoadedModel("neg:1", session, "v", input_rank=1, n_features=1, info={})
+    y = loaded.run(np.array([[1.0], [-2.5]], dtype=np.float32))
+    assert PredictResponse.from_array(y, loaded.tag).y == [-1.0, 2.5]
+    with pytest.raises(InvalidInput, match="takes 1 feature"):
+        loaded.run(np.ones((2, 2), dtype=np.float32))
