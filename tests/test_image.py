@@ -18,7 +18,7 @@ from image_support import FIGURES, ROOT, BuiltImage, Container, docker, median_s
 
 pytestmark = pytest.mark.image
 
-# Cold start = `docker run` to /readyz 200: 1.6-2.4 s on a quiet 2-core machine. The best of
+# Cold start = `docker run` to /readyz 200: 1.5-1.7 s on a quiet 2-core machine. The best of
 # COLD_RUNS is held to the limit (a busy shared machine slows single runs); all are printed.
 COLD_START_LIMIT_S = 3.0
 STOP_LIMIT_S = 5.0
