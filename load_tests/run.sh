@@ -28,7 +28,11 @@ free_port() {
   "$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-ready() { curl -fsS --max-time 3 "$1/readyz" > /dev/null 2>&1; }
+# The venv's Python, not curl: a fresh machine may have no curl.
+ready() {
+  "$BIN/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/readyz", timeout=3)' \
+    "$1" > /dev/null 2>&1
+}
 
 # --- what to run -------------------------------------------------------------------------------
 LOCUSTFILES="load_tests/locustfile.py"

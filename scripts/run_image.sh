@@ -25,7 +25,9 @@ start=$(date +%s.%N)
 docker run -d --name "$NAME" --network host \
     -e "BENTOML_PORT=$PORT" -e "BENTOML_HOST=${BIND_HOST:-127.0.0.1}" "$IMAGE" "${args[@]}" >/dev/null
 url=http://127.0.0.1:$PORT
-until curl -fsS -o /dev/null "$url/readyz" 2>/dev/null; do
+# The venv's Python, not curl: a fresh machine may have no curl.
+ready() { "$ROOT/.venv/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)' "$1" >/dev/null 2>&1; }
+until ready "$url/readyz"; do
     if [ "$(docker inspect -f '{{.State.Running}}' "$NAME")" != true ]; then
         echo "run_image: the container exited; its log:" >&2
         docker logs --tail 40 "$NAME" >&2
