@@ -88,11 +88,6 @@ plain_routes = Starlette(
         Route("/predict_binary", predict_binary, methods=["POST"]),
     ]
 )
-# Per-request access log and spans cost more than the model (README, Performance).
-OBSERVABILITY = {
-    "logging": {"access": {"enabled": SETTINGS.access_log}},
-    "tracing": {"excluded_urls": [] if SETTINGS.trace_predictions else ["/predict"]},
-}
 
 
 @bentoml.asgi_app(plain_routes, path="/")
@@ -100,7 +95,9 @@ OBSERVABILITY = {
     name="onnx_model",
     workers=SETTINGS.workers,
     traffic={"timeout": 300},
-    **OBSERVABILITY,
+    # Per-request access log lines and spans cost more than the model (README, Performance).
+    logging={"access": {"enabled": SETTINGS.access_log}},
+    tracing={"excluded_urls": [] if SETTINGS.trace_predictions else ["/predict"]},
     labels={"project": "onnx-bento-service"},
 )
 class OnnxModelService:
@@ -108,9 +105,9 @@ class OnnxModelService:
     model_ref = MODEL
 
     def __init__(self) -> None:
-        # Loads, verifies the SHA-256 and warms up before /readyz turns 200.
+        # STORED was verified at import; loading and warm-up finish before /readyz turns 200.
         self.runner = ModelRunner(SETTINGS)
-        self.model = self.runner.load(str(self.model_ref.tag))
+        self.model = self.runner.load(STORED)
 
     @bentoml.api(input_spec=PredictRequest)
     async def predict(self, x: np.ndarray) -> PredictResponse:

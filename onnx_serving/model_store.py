@@ -143,21 +143,9 @@ def save(
     return str(ref.tag)
 
 
-def verified_path(stored: Any) -> tuple[str, str]:
-    """The ONNX file of a stored bentoml Model and its SHA-256, checked against the metadata."""
-    path = stored.path_of(ONNX_FILENAME)
-    expected = stored.info.metadata.get("sha256")
-    actual = sha256_file(path)
-    if expected != actual:
-        raise ModelIntegrityError(
-            f"refusing to serve {stored.tag}: {path} has SHA-256 {actual}, "
-            f"but the model store recorded {expected}"
-        )
-    return path, actual
-
-
 def get_verified(ref: str) -> Any:
-    """The stored bentoml Model for NAME:VERSION or NAME:latest, its file checked."""
+    """The stored bentoml Model for NAME:VERSION or NAME:latest, its file's SHA-256 checked
+    against the one recorded when it was saved."""
     import bentoml
     from bentoml.exceptions import NotFound
 
@@ -168,7 +156,14 @@ def get_verified(ref: str) -> Any:
             f"model {ref} is not in the model store ({bentoml_home()}): run `make model`, "
             "or `python train_and_save.py --onnx FILE --name NAME` for your own model"
         ) from None
-    verified_path(stored)
+    path = stored.path_of(ONNX_FILENAME)
+    expected = stored.info.metadata.get("sha256")
+    actual = sha256_file(path)
+    if expected != actual:
+        raise ModelIntegrityError(
+            f"refusing to serve {stored.tag}: {path} has SHA-256 {actual}, "
+            f"but the model store recorded {expected}"
+        )
     return stored
 
 

@@ -1,7 +1,7 @@
 """The model runner: the one place that owns ONNX Runtime sessions.
 
-It loads models from the BentoML store by tag, checks each file's SHA-256 against
-the stored metadata, warms the session up, and runs float32 arrays through it.
+It opens models that model_store.get_verified found in the BentoML store (their
+SHA-256 checked), warms each session up, and runs float32 arrays through it.
 Models are kept by tag so that a later version can sit beside the default one.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from . import model_store
 from .config import Settings
-from .validation import InvalidInput
+from .validation import check_width
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -32,15 +32,10 @@ class LoadedModel:
     n_features: int | None
     info: dict[str, Any]
 
-    def check_width(self, x: np.ndarray) -> None:
-        if self.n_features is not None and x.shape[1] != self.n_features:
-            raise InvalidInput(
-                f"the model takes {self.n_features} feature(s) per row, got {x.shape[1]}"
-            )
-
     def run(self, x: np.ndarray) -> np.ndarray:
         """x: float32 [rows, features] -> float32 [rows, outputs] (or [rows])."""
-        self.check_width(x)
+        # JSON requests were checked on arrival; files and binary bodies meet the rule here.
+        check_width(x, self.n_features)
         if self.input_rank == 1:
             x = x.reshape(-1)
         return self.session.run(None, {self.input_name: x})[0]
@@ -66,14 +61,12 @@ class ModelRunner:
         self.models: dict[str, LoadedModel] = {}
         self.default_tag: str | None = None
 
-    def load(self, ref: str) -> LoadedModel:
-        """Load NAME:VERSION (or NAME:latest) from the store, verify it and warm it up."""
-        import bentoml
+    def load(self, stored: Any) -> LoadedModel:
+        """Open a stored bentoml Model that `model_store.get_verified` returned, and warm it up."""
         import onnxruntime as ort
 
-        stored = bentoml.models.get(ref)
         tag = str(stored.tag)
-        path, actual = model_store.verified_path(stored)
+        path = stored.path_of(model_store.ONNX_FILENAME)
         session = ort.InferenceSession(
             path, sess_options=session_options(self.settings), providers=["CPUExecutionProvider"]
         )
@@ -84,7 +77,7 @@ class ModelRunner:
             "version": stored.tag.version,
             "created_at": stored.info.creation_time.isoformat(),
             "labels": dict(stored.info.labels),
-            "sha256": actual,
+            "sha256": stored.info.metadata["sha256"],
             "signature": signature,
             "metrics": stored.info.metadata.get("metrics"),
             "metadata": dict(stored.info.metadata),
@@ -102,7 +95,7 @@ class ModelRunner:
         self.models[tag] = model
         if self.default_tag is None:
             self.default_tag = tag
-        logger.info("Loaded %s (sha256 %s) from %s", tag, actual, path)
+        logger.info("Loaded %s (sha256 %s) from %s", tag, info["sha256"], path)
         return model
 
     @property

@@ -74,6 +74,12 @@ def check_float32(values: np.ndarray, name: str, first_row: int = 0) -> np.ndarr
     return values.astype(np.float32)
 
 
+def check_width(x: np.ndarray, n_features: int | None) -> None:
+    """Rows must have the width the model takes (None: the model doesn't say)."""
+    if n_features is not None and x.shape[1] != n_features:
+        raise InvalidInput(f"the model takes {n_features} feature(s) per row, got {x.shape[1]}")
+
+
 def _rows_to_array(x: list) -> np.ndarray:
     return to_array(x, settings().max_values)
 
@@ -106,9 +112,8 @@ class PredictRequest(BaseModel):
 
     @model_validator(mode="after")
     def _fits_the_model(self) -> Self:
-        rows, width = self.x.shape
-        if self.n_features is not None and width != self.n_features:
-            raise ValueError(f"the model takes {self.n_features} feature(s) per row, got {width}")
+        check_width(self.x, self.n_features)
+        rows = len(self.x)
         if self.max_rows is not None and rows > self.max_rows:
             raise ValueError(
                 f"too many rows for adaptive batching: {rows} > {self.max_rows_setting}="
