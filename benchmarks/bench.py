@@ -17,13 +17,11 @@ import os
 import platform
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import psutil
+
+from onnx_serving.local_server import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -71,18 +71,12 @@ class Row:
 # --- processes ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pin(cpus: set[int] | None) -> list[str]:
     return ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
 
 
-class Server:
-    """A server process we started: its tree's CPU time and RSS, and a clean stop."""
+class Server(ServerProcess):
+    """A server pinned to `cpus`, with its tree's CPU time and RSS."""
 
     def __init__(
         self,
@@ -94,28 +88,7 @@ class Server:
         cpus: set[int],
         cwd: Path = ROOT,
     ) -> None:
-        self.name, self.port = name, port
-        self.log = log.open("wb")
-        # Own session: Ctrl-C reaches only the bench, which then stops the server itself.
-        self.proc = subprocess.Popen(
-            _pin(cpus) + cmd,
-            cwd=cwd,
-            env={**os.environ, **env},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.known: dict[int, psutil.Process] = {}
-
-    def tree(self) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-        for p in procs:
-            self.known.setdefault(p.pid, p)
-        return procs
+        super().__init__(name, _pin(cpus) + cmd, port, env, log, cwd)
 
     def cpu_seconds(self) -> float:
         total = 0.0
@@ -131,36 +104,6 @@ class Server:
             with contextlib.suppress(psutil.NoSuchProcess):
                 total += p.memory_info().rss
         return total
-
-    def wait_ready(self, path: str, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                raise RuntimeError(f"{self.name} exited with {code}; see {self.log.name}")
-            url = f"http://127.0.0.1:{self.port}{path}"
-            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    self.tree()
-                    return
-            time.sleep(0.3)
-        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; see {self.log.name}")
-
-    def stop(self) -> None:
-        self.tree()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        # Workers we saw that outlived the arbiter: end them by PID.
-        for p in self.known.values():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if p.is_running():
-                    p.kill()
-        self.log.close()
 
 
 class Measure:

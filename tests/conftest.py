@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-import psutil
 import pytest
+
+from onnx_serving.local_server import ServerProcess, free_port
 
 # Image fixtures (docker_engine, built_image, image_url) live beside this file.
 pytest_plugins = ["image_support"]
@@ -24,12 +20,6 @@ BIN = Path(sys.executable).parent
 # The largest request the test server takes; the load tests send 100,000 values.
 TEST_MAX_VALUES = 150_000
 TEST_BATCH_MAX_SIZE = 2_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_train(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -45,72 +35,15 @@ def run_train(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-class BentoServer:
-    """`bentoml serve` in its own session; stop() ends it and every worker it started."""
+class BentoServer(ServerProcess):
+    """`bentoml serve` of this project's service on a free loopback port."""
 
     def __init__(self, home: Path, log: Path, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                str(BIN / "bentoml"),
-                "serve",
-                "service:OnnxModelService",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            cwd=ROOT,
-            env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **env},
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self._children: set[int] = set()
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._remember_children()
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"bentoml serve exited with {self.proc.returncode}:\n{self.output()}"
-                )
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    self._remember_children()
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.url}/readyz not ready after {timeout} s:\n{self.output()}")
-
-    def _remember_children(self) -> None:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            self._children |= {
-                c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)
-            }
-
-    def output(self) -> str:
-        self._log_file.flush()
-        return self.log.read_text(errors="replace")[-5000:]
-
-    def stop(self) -> None:
-        self._remember_children()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        for pid in self._children:  # workers live in process groups of their own
-            with contextlib.suppress(psutil.NoSuchProcess):
-                psutil.Process(pid).kill()
-        self._log_file.close()
+        port = free_port()
+        cmd = [str(BIN / "bentoml"), "serve", "service:OnnxModelService"]
+        cmd += ["--host", "127.0.0.1", "--port", str(port)]
+        env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **env}
+        super().__init__("bentoml serve", cmd, port, env, log, ROOT)
 
 
 @pytest.fixture(scope="session")
@@ -138,7 +71,7 @@ def server_url(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         BATCH_MAX_SIZE=str(TEST_BATCH_MAX_SIZE),
     )
     try:
-        server.wait_ready()
+        server.wait_ready(timeout=60)
         yield server.url
     finally:
         server.stop()

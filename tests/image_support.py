@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import time
@@ -27,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from onnx_serving.local_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -42,12 +43,6 @@ def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
     if check and result.returncode != 0:
         raise RuntimeError(f"docker {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return result.stdout.strip()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def is_ready(url: str) -> bool:

@@ -270,7 +270,7 @@ def test_serve_an_imported_user_model_by_tag(tmp_path: Path, model_home: Path) -
     tag = imported.stdout.strip()
     server = BentoServer(model_home, tmp_path / "serve.log", MODEL_TAG=tag)
     try:
-        server.wait_ready()
+        server.wait_ready(timeout=60)
         r = httpx.post(f"{server.url}/predict", json={"x": [1.0, 2.0]})
         assert r.json() == {"y": [3.0, 6.0], "model": tag}
         assert httpx.get(f"{server.url}/metadata").json()["signature"]["inputs"][0]["name"] == "inp"

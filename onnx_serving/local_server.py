@@ -1,0 +1,95 @@
+"""A server process started on loopback by the tests or the benchmark, and its clean stop.
+
+`bentoml serve` starts its workers in process groups of their own, so ending the
+command's group is not enough: the process tree is remembered while it runs and
+whatever outlives the command is ended by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`cmd` in a session of its own, output to `log`; it should listen on 127.0.0.1:`port`."""
+
+    def __init__(
+        self, name: str, cmd: list[str], port: int, env: dict[str, str], log: Path, cwd: Path
+    ) -> None:
+        self.name, self.port, self.log_path = name, port, log
+        self.url = f"http://127.0.0.1:{port}"
+        self._log = log.open("wb")
+        # Own session: Ctrl-C at the terminal reaches only us, and we stop the server.
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.known: dict[int, psutil.Process] = {}
+
+    def tree(self) -> list[psutil.Process]:
+        """The live processes of the tree, remembered so that stop() can find them later."""
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+        for p in procs:
+            self.known.setdefault(p.pid, p)
+        return procs
+
+    def log_tail(self, chars: int = 5000) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def wait_ready(self, path: str = "/readyz", timeout: float = 90.0) -> None:
+        """Until GET `path` answers 200; RuntimeError (with the log) if the process exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.tree()
+            if self.proc.poll() is not None:
+                code = self.proc.returncode
+                raise RuntimeError(f"{self.name} exited with {code}:\n{self.log_tail()}")
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(self.url + path, timeout=2) as r,
+            ):
+                if r.status == 200:
+                    self.tree()
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name}: {path} not 200 after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        self.tree()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        # Workers that outlived the command: end them by PID.
+        for p in self.known.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if p.is_running():
+                    p.kill()
+        self._log.close()
