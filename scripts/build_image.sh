@@ -7,8 +7,9 @@
 #
 # Tags: onnx_model:<project version>-<content hash> (immutable) and onnx_model:latest.
 # The content hash covers every file the bento takes, the effective bentofile, the
-# Dockerfile template, the model tag and SHA-256 and the base image: different code,
-# model or base never share a tag, and rebuilding unchanged content reuses the image.
+# Dockerfile template, the model tag and SHA-256, the base image and the git revision the
+# image is labelled with: different code, model, base or commit never share a tag, and
+# rebuilding the same commit reuses the image.
 # The last line printed is the immutable image reference.
 set -euo pipefail
 
@@ -54,8 +55,14 @@ PY
     log "offline: base image $BASE"
 fi
 
-# Project version, model tag + SHA-256 and a hash of everything that goes into the image.
-eval "$("$PY" - "$BENTOFILE" "$BASE_ID" <<'PY'
+GIT_REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+if [ "$GIT_REVISION" != unknown ] && [ -n "$(git status --porcelain 2>/dev/null)" ]; then
+    GIT_REVISION="$GIT_REVISION-dirty"
+fi
+
+# Project version, model tag + SHA-256 and a hash of everything that goes into the image,
+# its labels included: an image is only reused when every label it carries is still true.
+eval "$("$PY" - "$BENTOFILE" "$BASE_ID" "$GIT_REVISION" <<'PY'
 import hashlib
 import os
 import shlex
@@ -67,7 +74,7 @@ from bentoml._internal.bento.build_config import BentoBuildConfig, BentoPathSpec
 
 from onnx_serving.config import settings
 
-bentofile, base_id = sys.argv[1:]
+bentofile, base_id, git_revision = sys.argv[1:]
 config = BentoBuildConfig.from_file(bentofile)
 specs = BentoPathSpec(config.include, config.exclude, ".")
 digest = hashlib.sha256()
@@ -85,7 +92,7 @@ models = sorted({str(bentoml.models.get(ref).tag) for ref in refs})
 for tag in models:
     sha = bentoml.models.get(tag).info.metadata["sha256"]
     digest.update(f"{tag}={sha}\0".encode())
-digest.update(base_id.encode())
+digest.update(base_id.encode() + b"\0" + git_revision.encode())
 with open("pyproject.toml", "rb") as f:
     project_version = tomllib.load(f)["project"]["version"]
 model = str(bentoml.models.get(settings().model_ref).tag)
@@ -99,15 +106,11 @@ for key, value in values.items():
     print(f"{key}={shlex.quote(value)}")
 PY
 )"
-GIT_REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-if [ "$GIT_REVISION" != unknown ] && [ -n "$(git status --porcelain 2>/dev/null)" ]; then
-    GIT_REVISION="$GIT_REVISION-dirty"
-fi
 NAME=onnx_model
 IMAGE=$NAME:$BENTO_VERSION
 
 if [ "${FORCE:-0}" != 1 ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
-    log "$IMAGE exists (same code, model and base): reusing it; FORCE=1 rebuilds"
+    log "$IMAGE exists (same code, model, base and git revision): reusing it; FORCE=1 rebuilds"
     docker tag "$IMAGE" "$NAME:latest"
     echo "$IMAGE"
     exit 0
