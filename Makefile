@@ -11,7 +11,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 # BentoML would otherwise ask a remote service about usage tracking.
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: venv model serve test lint image run-image load-test load-test-image bench clean
+.PHONY: venv model serve test lint image run-image load-test load-test-image bench fixtures clean
 
 venv: $(VENV)/.installed
 
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
 model: venv
@@ -49,6 +49,12 @@ load-test-image: venv
 
 bench: model
 	bash benchmarks/run.sh
+
+# Remake the test models with the exporters users use (PyTorch, scikit-learn + skl2onnx).
+# Not part of `make test`: the models and their expected outputs are committed.
+fixtures: venv
+	$(BIN)/pip install --quiet -e '.[dev,fixtures]'
+	$(BIN)/python tests/fixtures/make_models.py
 
 clean:
 	rm -rf $(VENV) reports build *.egg-info
