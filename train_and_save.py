@@ -2,7 +2,11 @@
 
     python train_and_save.py                      # fit, export, check, save; prints the tag
     python train_and_save.py --onnx my.onnx --name my-model
-    python train_and_save.py --if-missing         # only if the store has no model of that name
+    python train_and_save.py --onnx clf.onnx --name clf --labels classes.txt
+    python train_and_save.py --if-missing         # the demo model, only if the store has none
+
+Models are saved in the project's store (./.bentoml), the one `make serve` and the image
+use, unless BENTOML_HOME names another.
 
 The same seed always gives a byte-identical ONNX file, and so the same SHA-256
 and the same default version.
@@ -11,14 +15,13 @@ and the same default version.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnx_serving import model_store
+from onnx_serving import importing, model_store
 from onnx_serving.config import DEFAULT_MODEL_NAME
 
 TRUE_SLOPE, TRUE_INTERCEPT = 2.0, 0.0
@@ -32,21 +35,18 @@ class TrainingError(RuntimeError):
 
 
 def generate_data(seed: int, samples: int, noise: float) -> tuple[np.ndarray, np.ndarray]:
-    """x uniform in [-100, 100], y = 2x plus tiny Gaussian noise, both float64.
-
-    The default noise is small enough that the fitted intercept (~1e-11) vanishes in
-    float32, so the served model answers exactly 2x for ordinary inputs.
-    """
+    """x uniform in [-100, 100], y = 2x plus tiny Gaussian noise, both float64."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(-100.0, 100.0, size=samples)
     y = TRUE_SLOPE * x + TRUE_INTERCEPT + rng.normal(0.0, noise, size=samples)
     return x, y
 
 
-def fit_least_squares(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    design = np.column_stack([x, np.ones_like(x)])
-    (slope, intercept), *_ = np.linalg.lstsq(design, y, rcond=None)
-    return float(slope), float(intercept)
+def fit_least_squares(x: np.ndarray, y: np.ndarray, intercept: bool = True) -> tuple[float, float]:
+    """Least-squares slope and intercept; with intercept=False the line through the origin."""
+    design = np.column_stack([x, np.ones_like(x)]) if intercept else x[:, None]
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    return float(coef[0]), float(coef[1]) if intercept else 0.0
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -60,22 +60,27 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     }
 
 
-def build_onnx(slope: float, intercept: float) -> bytes:
-    """y = x @ W + B as an ONNX graph: x float32 [N, 1] with a dynamic batch dimension."""
+def build_onnx(slope: float, intercept: float | None) -> bytes:
+    """y = x * W (+ B) as an ONNX graph: x float32 [N, 1] with a dynamic batch dimension.
+
+    Without an intercept the graph is a single elementwise Mul: with W = 2.0 that is
+    exactly 2x in float32 for every x (zero's sign and subnormals included), which a
+    MatMul + Add would not promise.
+    """
     import onnx
     from onnx import TensorProto, helper
 
-    weight = helper.make_tensor("W", TensorProto.FLOAT, [1, 1], [slope])
-    bias = helper.make_tensor("B", TensorProto.FLOAT, [1], [intercept])
+    nodes = [helper.make_node("Mul", ["x", "W"], ["xw" if intercept is not None else "y"])]
+    initializer = [helper.make_tensor("W", TensorProto.FLOAT, [1], [slope])]
+    if intercept is not None:
+        nodes.append(helper.make_node("Add", ["xw", "B"], ["y"]))
+        initializer.append(helper.make_tensor("B", TensorProto.FLOAT, [1], [intercept]))
     graph = helper.make_graph(
-        nodes=[
-            helper.make_node("MatMul", ["x", "W"], ["xw"]),
-            helper.make_node("Add", ["xw", "B"], ["y"]),
-        ],
+        nodes=nodes,
         name="linear_regression",
         inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
         outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
-        initializer=[weight, bias],
+        initializer=initializer,
     )
     model = helper.make_model(
         graph,
@@ -87,43 +92,81 @@ def build_onnx(slope: float, intercept: float) -> bytes:
     return model.SerializeToString(deterministic=True)
 
 
-def check_runtime_matches_numpy(
-    onnx_bytes: bytes, slope: float, intercept: float, x: np.ndarray
-) -> float:
-    """Run held-out x through ONNX Runtime and NumPy; return the largest difference."""
+def exactness_probe() -> np.ndarray:
+    """float32 values where "exactly 2x" is easy to get wrong: zeros of both signs,
+    subnormals, tiny and huge magnitudes (up to half the float32 maximum), and random ones."""
+    f32 = np.finfo(np.float32)
+    special = [0.0, -0.0, f32.smallest_subnormal, -f32.smallest_subnormal, f32.smallest_normal]
+    special += [1e-45, 1e-40, 1e-30, 1e-10, 0.5, 1.0, 3.0, 1e10, 1e30, float(f32.max) / 2]
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**32, size=4096, dtype=np.uint64).astype(np.uint32)
+    random = bits.view(np.float32)
+    random = random[np.isfinite(random) & (np.abs(random) <= f32.max / 2)]
+    special_arr = np.array(special, dtype=np.float32)
+    return np.concatenate([special_arr, -special_arr, random])
+
+
+def run_onnx(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    """The ONNX model on float32 x, [N] in and [N] out, as the service runs it."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    x32 = x.astype(np.float32).reshape(-1, 1)
-    (got,) = session.run(None, {"x": x32})
-    want = x32 @ np.array([[slope]], dtype=np.float32) + np.float32(intercept)
+    (y,) = session.run(None, {"x": x.astype(np.float32).reshape(-1, 1)})
+    return y.reshape(-1)
+
+
+def check_runtime_matches_numpy(
+    got: np.ndarray, slope: float, intercept: float | None, x: np.ndarray
+) -> float:
+    """Compare ONNX Runtime's predictions `got` for x with NumPy's; return the largest gap."""
+    x32 = x.astype(np.float32)
+    want = x32 * np.float32(slope)
+    if intercept is not None:
+        want = want + np.float32(intercept)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     return float(np.max(np.abs(got - want)))
 
 
-def train(seed: int, samples: int, noise: float, test_fraction: float) -> dict[str, Any]:
+def is_exactly_2x(onnx_bytes: bytes) -> bool:
+    """Does the exported model answer 2 * x, bit for bit, on the exactness probe?"""
+    x = exactness_probe()
+    return bool(np.array_equal(run_onnx(onnx_bytes, x).view(np.uint32), (2 * x).view(np.uint32)))
+
+
+def train(
+    seed: int, samples: int, noise: float, test_fraction: float, fit_intercept: bool = False
+) -> dict[str, Any]:
     x, y = generate_data(seed, samples, noise)
     n_test = max(1, int(samples * test_fraction))
     x_train, y_train, x_test, y_test = x[n_test:], y[n_test:], x[:n_test], y[:n_test]
-    slope, intercept = fit_least_squares(x_train, y_train)
+    slope, intercept = fit_least_squares(x_train, y_train, intercept=fit_intercept)
     if abs(slope - TRUE_SLOPE) > FIT_TOLERANCE or abs(intercept - TRUE_INTERCEPT) > FIT_TOLERANCE:
         raise TrainingError(
             f"fit is off: slope {slope!r} (want {TRUE_SLOPE}), intercept {intercept!r} "
             f"(want {TRUE_INTERCEPT}), tolerance {FIT_TOLERANCE}; lower --noise or add --samples"
         )
-    onnx_bytes = build_onnx(slope, intercept)
-    max_diff = check_runtime_matches_numpy(onnx_bytes, slope, intercept, x_test)
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    (pred,) = session.run(None, {"x": x_test.astype(np.float32).reshape(-1, 1)})
-    metrics = regression_metrics(y_test, pred.reshape(-1).astype(np.float64))
+    onnx_bytes = build_onnx(slope, intercept if fit_intercept else None)
+    pred = run_onnx(onnx_bytes, x_test)
+    max_diff = check_runtime_matches_numpy(
+        pred, slope, intercept if fit_intercept else None, x_test
+    )
+    metrics = regression_metrics(y_test, pred.astype(np.float64))
     metrics["max_abs_diff_onnxruntime_vs_numpy"] = max_diff
+    exact = is_exactly_2x(onnx_bytes)
     return {
         "onnx_bytes": onnx_bytes,
+        "exact": exact,
         "metadata": {
             "source": "train_and_save.py",
-            "params": {"slope": slope, "intercept": intercept},
+            "params": {
+                "slope": slope,
+                "intercept": intercept,
+                "fit": "slope and intercept" if fit_intercept else "slope only, through 0",
+                # What the graph holds: the fitted float64 slope, rounded to float32.
+                "slope_float32": float(np.float32(slope)),
+            },
+            # Checked on the exported file, not assumed: bit-for-bit 2 * x in float32.
+            "exact_2x": exact,
             "metrics": metrics,
             "training": {
                 "seed": seed,
@@ -152,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--name",
-        default=os.environ.get("MODEL_NAME") or DEFAULT_MODEL_NAME,
-        help="model name in the store (default: $MODEL_NAME or %(default)s)",
+        default=DEFAULT_MODEL_NAME,
+        help="model name in the store (default: %(default)s)",
     )
     parser.add_argument(
         "--version",
@@ -164,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--onnx",
         type=Path,
         metavar="PATH",
-        help="import this .onnx file instead of training; it must take one float32 tensor "
-        "[rows] or [rows, features]",
+        help="import this .onnx file instead of training: any model ONNX Runtime runs on CPU "
+        "(see the options for importing below)",
     )
     parser.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
     parser.add_argument(
@@ -176,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1e-9,
         help="std of the Gaussian noise added to y (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fit-intercept",
+        action="store_true",
+        help="also fit an intercept (the default fits the slope only, so the model is exactly "
+        "2x in float32; with an intercept it is approximate)",
     )
     parser.add_argument(
         "--test-fraction",
@@ -199,8 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--if-missing",
         action="store_true",
-        help="do nothing if the store already holds a model of this name (used by `make serve`)",
+        help=f"train the demo model only if the store has no {DEFAULT_MODEL_NAME} yet "
+        "(used by `make serve`); it never imports and never uses another name",
     )
+    importing.add_arguments(parser)
     return parser
 
 
@@ -218,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
 
+    if args.if_missing and (args.onnx is not None or args.name != DEFAULT_MODEL_NAME):
+        parser.error(f"--if-missing only creates the demo model {DEFAULT_MODEL_NAME}")
+
+    model_store.use_project_store()
     if args.if_missing and model_store.has_model(args.name):
         print(f"model store already has {args.name}; nothing to do", file=sys.stderr)
         return 0
@@ -226,14 +281,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.onnx is not None:
             if not args.onnx.is_file():
                 raise model_store.InvalidModel(f"{args.onnx}: no such file")
-            onnx_bytes = args.onnx.read_bytes()
+            options = importing.options_from(args)
+            onnx_bytes, inlined = model_store.read_onnx_file(args.onnx)
             metadata: dict[str, Any] = {"source": "import", "imported_from": args.onnx.name}
+            if inlined:
+                metadata["external_data"] = "inlined into the stored file"
             labels = {"origin": "imported", **labels}
         else:
-            trained = train(args.seed, args.samples, args.noise, args.test_fraction)
+            options = None
+            trained = train(
+                args.seed, args.samples, args.noise, args.test_fraction, args.fit_intercept
+            )
             onnx_bytes, metadata = trained["onnx_bytes"], trained["metadata"]
+            if not trained["exact"]:
+                params = metadata["params"]
+                print(
+                    f"note: the model is approximate, not exactly 2x in float32: y = "
+                    f"{params['slope']!r} x + {params['intercept']!r}",
+                    file=sys.stderr,
+                )
             labels = {"origin": "train_and_save", "task": "regression", **labels}
-        tag = model_store.save(onnx_bytes, args.name, args.version, labels, metadata)
+        tag = model_store.save(onnx_bytes, args.name, args.version, labels, metadata, options)
     except (model_store.InvalidModel, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,8 +1,11 @@
 """Batch inference on large files, in bounded chunks so memory stays flat.
 
-A CSV with an `x` column comes back as the same CSV plus a `y` column; a `.npy`
-of floats comes back as a `.npy` of predictions. Both are read from disk and
-written to disk one chunk at a time: memory is O(chunk), not O(file).
+CSV: the columns named in the model's signature (`columns`: `x` for the demo, the names
+given with --features, else x_0.. or <input>_0..) feed the inputs in order; the same CSV
+comes back with one column per output value (`y`, or <output>[_i], or <output>_<class>).
+`.npy` (one-input models): the array is the input, [rows, ...]; the result is a `.npy` of
+the output, or an `.npz` with one array per output. Read and written one chunk at a time:
+memory is O(chunk), not O(file).
 """
 
 from __future__ import annotations
@@ -14,18 +17,25 @@ import logging
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from .validation import InvalidInput, check_float32
+from .feeds import Feeds
+from .signature import Signature
+from .tensors import InvalidInput, check_values, type_name
+from .validation import check_feeds
 
 logger = logging.getLogger("onnx_serving")
 
 NPY_MAGIC = b"\x93NUMPY"
-Predict = Callable[[np.ndarray], np.ndarray]
+NO_LIMIT = 1 << 62  # chunks are bounded by FILE_CHUNK_ROWS, not MAX_VALUES
+Run = Callable[[Feeds], dict[str, np.ndarray]]
+# Floats with the fewest digits that always read back as the same value.
+FLOAT_FORMATS = {np.dtype(np.float16): b"%.5g", np.dtype(np.float32): b"%.9g"}
 
 
 def spool_upload(value: Any, handler: Callable[[Any], Path]) -> Path:
@@ -47,17 +57,21 @@ def spool_upload(value: Any, handler: Callable[[Any], Path]) -> Path:
     return Path(out.name)
 
 
-def predict_file(src: Path, dest_dir: Path, predict: Predict, chunk_rows: int) -> Path:
-    """Run every row of `src` through `predict`; return the path of the result file."""
+def predict_file(src: Path, dest_dir: Path, sig: Signature, run: Run, chunk_rows: int) -> Path:
+    """Run every row of `src` through the model; return the path of the result file."""
+    if sig.batch == "none":
+        raise InvalidInput(
+            f"files are read in rows, and this model has none: {sig.batching_note()}"
+        )
     with open(src, "rb") as f:
         head = f.read(len(NPY_MAGIC))
     if not head:
         raise InvalidInput("the uploaded file is empty")
     started = time.perf_counter()
     if head == NPY_MAGIC:
-        out, rows = _predict_npy(src, dest_dir / "predictions.npy", predict, chunk_rows)
+        out, rows = _predict_npy(src, dest_dir, sig, run, chunk_rows)
     else:
-        out, rows = _predict_csv(src, dest_dir / "predictions.csv", predict, chunk_rows)
+        out, rows = _predict_csv(src, dest_dir / "predictions.csv", sig, run, chunk_rows)
     elapsed = time.perf_counter() - started
     logger.info("predict_file: %d rows in %.2f s (%.0f rows/s)", rows, elapsed, rows / elapsed)
     return out
@@ -65,41 +79,64 @@ def predict_file(src: Path, dest_dir: Path, predict: Predict, chunk_rows: int) -
 
 # --- .npy -------------------------------------------------------------------------------------
 
+KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b", "O": "U"}
 
-def _predict_npy(src: Path, dest: Path, predict: Predict, chunk_rows: int) -> tuple[Path, int]:
+
+def _predict_npy(
+    src: Path, dest_dir: Path, sig: Signature, run: Run, chunk_rows: int
+) -> tuple[Path, int]:
+    if not sig.single_input:
+        raise InvalidInput(
+            f"a .npy file feeds one input, the model takes {len(sig.inputs)}: send CSV"
+        )
+    (spec,) = sig.inputs
     try:
         # Memory-mapped: only the chunk being read is paged in.
         data = np.load(src, mmap_mode="r", allow_pickle=False)
     except Exception as exc:
         raise InvalidInput(f"not a readable .npy file: {exc}") from None
-    if data.dtype.kind != "f":
-        raise InvalidInput(f"the .npy file must hold floats, it holds {data.dtype}")
-    if data.ndim not in (1, 2):
-        raise InvalidInput(f"the .npy array must be [rows] or [rows, features], not {data.shape}")
-    if data.shape[0] == 0:
+    wanted = "floats" if spec.dtype.kind == "f" else type_name(spec.dtype)
+    if data.dtype.kind not in KINDS[spec.dtype.kind] or (
+        spec.dtype.kind == "f" and data.dtype.kind != "f"
+    ):
+        raise InvalidInput(f"the .npy file must hold {wanted}, it holds {data.dtype}")
+    if data.ndim == 0 or data.shape[0] == 0:
         raise InvalidInput("the .npy array has no rows")
     rows = data.shape[0]
-    out: np.memmap | None = None
+    outs: dict[str, np.memmap] = {}
     for start in range(0, rows, chunk_rows):
-        chunk = np.asarray(data[start : start + chunk_rows], dtype=np.float64)
-        x = check_float32(chunk.reshape(len(chunk), -1), name="row", first_row=start)
-        y = predict(x)
-        y = y.reshape(len(y)) if y.ndim == 2 and y.shape[1] == 1 else y
-        if out is None:
-            out = np.lib.format.open_memmap(
-                dest, mode="w+", dtype=np.float32, shape=(rows, *y.shape[1:])
-            )
-        out[start : start + len(y)] = y
-    assert out is not None
-    out.flush()
-    del out
+        chunk = np.asarray(data[start : start + chunk_rows])
+        chunk = check_values(chunk, spec.dtype, "row", sig.allow_nan, first_row=start)
+        result = run(check_feeds(sig, {spec.name: chunk}, NO_LIMIT))
+        for output in sig.outputs:
+            name, y = output.name, result[output.name]
+            if output.is_column:
+                y = y[:, 0]  # one value per row: a flat array, as in JSON
+            if name not in outs:
+                if y.dtype.kind == "O":
+                    raise InvalidInput(f"output {name!r} holds strings, which .npy can't: send CSV")
+                outs[name] = np.lib.format.open_memmap(
+                    dest_dir / f"{name}.npy", mode="w+", dtype=y.dtype, shape=(rows, *y.shape[1:])
+                )
+            outs[name][start : start + len(y)] = y
+    for out in outs.values():
+        out.flush()
+    paths = [Path(o.filename) for o in outs.values()]
+    del outs
+    if len(paths) == 1:
+        return paths[0].rename(dest_dir / "predictions.npy"), rows
+    # Several outputs: an .npz, which is a zip of .npy files named after them (np.load reads it).
+    dest = dest_dir / "predictions.npz"
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for path in paths:
+            z.write(path, path.name)
     return dest, rows
 
 
 # --- CSV --------------------------------------------------------------------------------------
 
 
-def _read_header(f: BinaryIO) -> tuple[bytes, list[str]]:
+def _read_header(f: BinaryIO, sig: Signature) -> tuple[bytes, list[str]]:
     line = f.readline()
     try:
         text = line.decode("utf-8-sig")
@@ -107,7 +144,9 @@ def _read_header(f: BinaryIO) -> tuple[bytes, list[str]]:
         raise InvalidInput("the file is neither a .npy file nor UTF-8 CSV text") from None
     columns = next(csv.reader([text]), [])
     if not columns or not text.strip():
-        raise InvalidInput("the CSV has no header line; it needs one with an 'x' column")
+        raise InvalidInput(
+            f"the CSV has no header line; it needs one with the column(s) {list(sig.columns)}"
+        )
     return line.rstrip(b"\r\n").removeprefix(b"\xef\xbb\xbf"), [c.strip() for c in columns]
 
 
@@ -118,56 +157,124 @@ def _lines(f: BinaryIO, chunk_rows: int) -> Iterator[list[bytes]]:
             yield chunk
 
 
-def _x_values(lines: list[bytes], col: int, ncols: int, first_line: int) -> np.ndarray:
-    """The `x` field of each line as float64, parsed by NumPy when no quoting is involved."""
-    try:
-        if any(b'"' in ln for ln in lines):
-            raise ValueError("quoted fields")
-        if col == 0:
-            fields = [ln.split(b",", 1)[0] for ln in lines]
-        else:
-            fields = [ln.split(b",", col + 1)[col] for ln in lines]
-        return np.array(fields).astype(np.float64)
-    except (ValueError, IndexError):
-        pass
-    # Slow path, only for chunks with quotes or a bad value: find and name the culprit.
-    values = np.empty(len(lines), dtype=np.float64)
+def _fields(lines: list[bytes], cols: list[int], ncols: int, first_line: int) -> list[np.ndarray]:
+    """The wanted fields of each line, as arrays of bytes, one per column."""
+    if not any(b'"' in ln for ln in lines):
+        split = [ln.rstrip(b"\r\n").split(b",") for ln in lines]
+        if all(len(row) == ncols for row in split):
+            return [np.array([row[c] for row in split]) for c in cols]
+    # Slow path, only for chunks with quotes or a ragged line: the csv module, and the culprit.
     text = io.StringIO(b"".join(lines).decode("utf-8", errors="replace"))
+    rows = []
     for i, row in enumerate(csv.reader(text)):
-        lineno = first_line + i
         if len(row) != ncols:
-            raise InvalidInput(f"CSV line {lineno} has {len(row)} fields, the header has {ncols}")
-        try:
-            values[i] = float(row[col])
-        except ValueError:
             raise InvalidInput(
-                f"CSV line {lineno}: x = {row[col][:40]!r} is not a number"
+                f"CSV line {first_line + i} has {len(row)} fields, the header has {ncols}"
+            )
+        rows.append([row[c].encode() for c in cols])
+    return [np.array([r[j] for r in rows]) for j in range(len(cols))]
+
+
+def _convert(field: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Text as values of the input's type (floats as float64, checked later); ValueError if not."""
+    if dtype.kind == "O":
+        return np.char.decode(field, "utf-8").astype(object)
+    if dtype.kind == "b":
+        low = np.char.lower(np.char.strip(field))
+        if not np.isin(low, [b"true", b"false", b"1", b"0"]).all():
+            raise ValueError("not a boolean")
+        return np.isin(low, [b"true", b"1"])
+    return field.astype(np.float64 if dtype.kind == "f" else np.int64)
+
+
+def _parse(field: np.ndarray, dtype: np.dtype, column: str, first_line: int) -> np.ndarray:
+    """One column's text as values of the input's type; a bad value is named with its line."""
+    try:
+        return _convert(field, dtype)
+    except (ValueError, OverflowError):
+        pass
+    # Slow path, only for a chunk with a bad value: find it.
+    kind = "a number" if dtype.kind == "f" else "true/false" if dtype.kind == "b" else "an integer"
+    for i, v in enumerate(field.tolist()):
+        try:
+            _convert(np.array([v]), dtype)
+        except (ValueError, OverflowError):
+            text = v.decode("utf-8", "replace")[:40]
+            raise InvalidInput(
+                f"CSV line {first_line + i}: {column} = {text!r} is not {kind}"
             ) from None
-    return values
+    raise InvalidInput(f"CSV: column {column} holds a value that is not {kind}")
 
 
-def _predict_csv(src: Path, dest: Path, predict: Predict, chunk_rows: int) -> tuple[Path, int]:
+def _cells(values: np.ndarray) -> list[list[bytes]]:
+    """An output as CSV cells: one list per output column."""
+    values = values.reshape(len(values), -1)
+    fmt = FLOAT_FORMATS.get(values.dtype, b"%.17g" if values.dtype.kind == "f" else None)
+    out = []
+    for col in values.T:
+        if fmt is not None:
+            out.append([fmt % v for v in col.tolist()])
+        elif values.dtype.kind == "O":
+            out.append([_quote(str(v).encode()) for v in col.tolist()])
+        elif values.dtype.kind == "b":
+            out.append([b"true" if v else b"false" for v in col.tolist()])
+        else:
+            out.append([b"%d" % v for v in col.tolist()])
+    return out
+
+
+def _quote(cell: bytes) -> bytes:
+    if any(c in cell for c in (b",", b'"', b"\n", b"\r")):
+        return b'"' + cell.replace(b'"', b'""') + b'"'
+    return cell
+
+
+def _predict_csv(
+    src: Path, dest: Path, sig: Signature, run: Run, chunk_rows: int
+) -> tuple[Path, int]:
+    if not sig.columns:
+        shapes = {s.name: list(s.shape) for s in sig.inputs}
+        raise InvalidInput(f"CSV columns can't feed this model's inputs {shapes}: send .npy")
     rows = 0
     with open(src, "rb") as f, open(dest, "wb") as out:
-        header, columns = _read_header(f)
-        if "x" not in columns:
-            raise InvalidInput(f"the CSV header has no 'x' column (it has {columns})")
-        if "y" in columns:
-            raise InvalidInput("the CSV already has a 'y' column; rename it so predictions fit")
-        col, ncols = columns.index("x"), len(columns)
-        out.write(header + b",y\n")
-        for lines in _lines(f, chunk_rows):
-            x = _x_values(lines, col, ncols, first_line=rows + 2)
-            x32 = check_float32(x.reshape(-1, 1), name="CSV row", first_row=rows + 1)
-            y = predict(x32).reshape(len(lines), -1)
-            if y.shape[1] != 1:
-                raise InvalidInput("CSV output needs a model with one output value per row")
-            # %.9g: the fewest digits that always read back as the same float32, and one
-            # formatting step per row (about twice as fast as NumPy's shortest-repr astype).
-            out.writelines(
-                b"%s,%.9g\n" % (ln.rstrip(b"\r\n"), v)
-                for ln, v in zip(lines, y[:, 0].tolist(), strict=True)
+        header, columns = _read_header(f, sig)
+        missing = [c for c in sig.columns if c not in columns]
+        if missing:
+            raise InvalidInput(f"the CSV header has no {missing} column(s) (it has {columns})")
+        added = [c for s in sig.outputs for c in sig.output_columns(s)]
+        clash = [c for c in added if c in columns]
+        if clash:
+            raise InvalidInput(
+                f"the CSV already has the output column(s) {clash}; rename them so predictions fit"
             )
+        cols = [columns.index(c) for c in sig.columns]
+        out.write(header + b"," + b",".join(c.encode() for c in added) + b"\n")
+        for lines in _lines(f, chunk_rows):
+            fields = iter(_fields(lines, cols, len(columns), first_line=rows + 2))
+            names = iter(sig.columns)
+            arrays = {}
+            for spec in sig.inputs:
+                width = spec.width if spec.rank == 2 else 1
+                parts = [
+                    _parse(next(fields), spec.dtype, next(names), rows + 2) for _ in range(width)
+                ]
+                values = np.stack(parts, axis=1)
+                arrays[spec.name] = check_values(
+                    values, spec.dtype, "CSV row", sig.allow_nan, first_row=rows + 1
+                )
+            result = run(check_feeds(sig, arrays, NO_LIMIT))
+            cells = [c for s in sig.outputs for c in _cells(result[s.name])]
+            if len(cells) == 1:
+                # The common case of one output column: one formatting step per row.
+                out.writelines(
+                    ln.rstrip(b"\r\n") + b"," + v + b"\n"
+                    for ln, v in zip(lines, cells[0], strict=True)
+                )
+            else:
+                out.writelines(
+                    b",".join((ln.rstrip(b"\r\n"), *row)) + b"\n"
+                    for ln, row in zip(lines, zip(*cells, strict=True), strict=True)
+                )
             rows += len(lines)
     if rows == 0:
         raise InvalidInput("the CSV has a header but no rows")

@@ -7,16 +7,18 @@ keys, and how an ONNX file's signature is read and checked.
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 from pathlib import Path
 from typing import Any
 
+from . import signature
+from .signature import InvalidModel
+
 ONNX_FILENAME = "model.onnx"
-FLOAT_TENSOR = "tensor(float)"
-
-
-class InvalidModel(ValueError):
-    """An ONNX file that this service can't serve; the message says why."""
+# Where the Makefile keeps the store: the project's own .bentoml, so a clone is self-contained.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_STORE = PROJECT_ROOT / ".bentoml"
 
 
 class ModelNotFound(LookupError):
@@ -25,6 +27,18 @@ class ModelNotFound(LookupError):
 
 class ModelIntegrityError(RuntimeError):
     """The file in the store is not the file that was saved: refuse to serve it."""
+
+
+def use_project_store() -> None:
+    """Point BentoML at the project's store unless BENTOML_HOME says otherwise.
+
+    Every entry point calls this before it touches the store, so `train_and_save.py`,
+    `bentoml serve` and `make` agree on one store whether or not they run through make.
+    Only inside a checkout (where train_and_save.py sits beside the package); images set
+    BENTOML_HOME themselves.
+    """
+    if (PROJECT_ROOT / "train_and_save.py").is_file():
+        os.environ.setdefault("BENTOML_HOME", str(PROJECT_STORE))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -39,49 +53,62 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _dims(shape: list[Any]) -> list[int | str | None]:
-    # ONNX Runtime reports symbolic dimensions as strings and unknown ones as None.
-    return [d if isinstance(d, (int, str)) or d is None else str(d) for d in shape]
+def read_onnx_file(path: Path) -> tuple[bytes, bool]:
+    """The model's bytes, and whether weights kept in external-data files were inlined.
 
-
-def read_signature(onnx_bytes: bytes) -> dict[str, Any]:
-    """Load the model in ONNX Runtime and describe its inputs and outputs.
-
-    Raises InvalidModel unless the model takes exactly one float32 tensor of rank 1
-    or 2 (rows, or rows x features), which is what the HTTP API feeds it.
+    torch.onnx.export writes weights to `<file>.data` beside the model by default; the
+    store holds one self-contained file, so such weights are read and written inline.
     """
     import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    data = path.read_bytes()
+    try:
+        proto = onnx.load_model_from_string(data)  # external data stays unread here
+    except Exception as exc:  # onnx raises several unrelated types for bad files
+        raise InvalidModel(f"not a valid ONNX model: {exc}") from None
+    if not any(uses_external_data(t) for t in proto.graph.initializer):
+        return data, False
+    try:
+        proto = onnx.load(str(path))
+        return proto.SerializeToString(), True
+    except Exception as exc:
+        raise InvalidModel(f"cannot read the model's external data beside {path}: {exc}") from None
+
+
+def inspect(onnx_bytes: bytes, options: signature.ImportOptions) -> signature.Signature:
+    """Check the file with onnx.checker, load it in ONNX Runtime, read its signature and run
+    it once on the smallest input it declares. InvalidModel says what is wrong."""
+    import onnx
     import onnxruntime as ort
+
+    from .runner import LoadedModel, session_options, trial_run
 
     try:
         proto = onnx.load_model_from_string(onnx_bytes)
         onnx.checker.check_model(proto)
     except Exception as exc:  # onnx raises several unrelated types for bad files
-        raise InvalidModel(f"not a valid ONNX model: {exc}") from exc
+        raise InvalidModel(f"not a valid ONNX model: {exc}") from None
     try:
-        session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise InvalidModel(f"ONNX Runtime cannot load the model: {exc}") from exc
-
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1:
-        names = [i.name for i in inputs]
-        raise InvalidModel(f"the model must take exactly one input tensor, it takes {names}")
-    (inp,) = inputs
-    if inp.type != FLOAT_TENSOR:
-        raise InvalidModel(f"input {inp.name!r} must be {FLOAT_TENSOR} (float32), not {inp.type}")
-    if len(inp.shape) not in (1, 2):
-        raise InvalidModel(
-            f"input {inp.name!r} must have rank 1 [N] or 2 [N, features], has shape {inp.shape}"
+        session = ort.InferenceSession(
+            onnx_bytes, sess_options=session_options(), providers=["CPUExecutionProvider"]
         )
-    n_features = inp.shape[1] if len(inp.shape) == 2 else 1
-    return {
-        "inputs": [{"name": i.name, "dtype": i.type, "shape": _dims(i.shape)} for i in inputs],
-        "outputs": [{"name": o.name, "dtype": o.type, "shape": _dims(o.shape)} for o in outputs],
-        "n_features": n_features if isinstance(n_features, int) else None,
-        "opset": max(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")),
-        "ir_version": proto.ir_version,
-    }
+    except Exception as exc:
+        raise InvalidModel(f"ONNX Runtime cannot load the model: {exc}") from None
+    sig = signature.read(proto, session, options)
+    try:
+        trial_run(LoadedModel("the model", session, sig, {}))
+    except RuntimeError as exc:
+        raise InvalidModel(str(exc)) from None
+    return sig
+
+
+def signature_of(stored: Any) -> signature.Signature:
+    """The signature recorded with a stored model (read from its file for older entries)."""
+    recorded = stored.info.metadata.get("signature", {})
+    if recorded.get("format") == signature.FORMAT:
+        return signature.Signature.from_metadata(recorded)
+    return inspect(Path(stored.path_of(ONNX_FILENAME)).read_bytes(), signature.ImportOptions())
 
 
 def library_versions() -> dict[str, str]:
@@ -110,6 +137,7 @@ def save(
     version: str | None,
     labels: dict[str, str],
     metadata: dict[str, Any],
+    options: signature.ImportOptions | None = None,
 ) -> str:
     """Store the ONNX bytes as NAME:VERSION with its signature and hash; return the tag.
 
@@ -119,7 +147,7 @@ def save(
     import bentoml
     from bentoml.exceptions import NotFound
 
-    signature = read_signature(onnx_bytes)
+    sig = inspect(onnx_bytes, options or signature.ImportOptions())
     digest = sha256_bytes(onnx_bytes)
     tag = f"{name}:{version or default_version(digest)}"
     try:
@@ -134,7 +162,7 @@ def save(
     full_metadata = {
         **metadata,
         "sha256": digest,
-        "signature": signature,
+        "signature": sig.to_metadata(),
         "onnx_file": ONNX_FILENAME,
         "libraries": library_versions(),
     }

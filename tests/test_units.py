@@ -1,4 +1,4 @@
-"""Validation rules and chunked file processing, without a server."""
+"""Validation rules, signatures and chunked file processing, without a server."""
 
 from __future__ import annotations
 
@@ -8,27 +8,34 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+import train_and_save
+from onnx_serving import model_store
 from onnx_serving.batch_files import predict_file
-from onnx_serving.validation import (
-    BatchPredictions,
-    InvalidInput,
-    PredictRequest,
-    PredictResponse,
-    request_model,
-    to_array,
-)
+from onnx_serving.feeds import BatchPredictions, Feeds, FeedsContainer
+from onnx_serving.signature import ImportOptions, Signature
+from onnx_serving.tensors import InvalidInput
+from onnx_serving.validation import request_model, responder, response_model
+
+# The demo model's signature, read from the file train_and_save.py exports.
+DEMO = model_store.inspect(train_and_save.build_onnx(2.0, None), ImportOptions())
+PredictRequest = request_model(DEMO, max_values=1_000_000)
+PredictResponse = response_model(DEMO)
 
 
-def double(x: np.ndarray) -> np.ndarray:
-    return (2 * x).astype(np.float32)
+def double(feeds: Feeds) -> dict[str, np.ndarray]:
+    return {"y": (2 * feeds.arrays["x"]).astype(np.float32)}
+
+
+def x_of(body: str, model: type = PredictRequest) -> np.ndarray:
+    return model.model_validate_json(body).feeds.arrays["x"]
 
 
 @pytest.mark.parametrize(
     ("body", "shape"),
-    [('{"x": [1, 2.5, -3]}', (3, 1)), ('{"x": [[1, 2], [3, 4], [5, 6]]}', (3, 2))],
+    [('{"x": [1, 2.5, -3]}', (3, 1)), ('{"x": [[1], [3], [5]]}', (3, 1))],
 )
 def test_valid_requests_become_float32_arrays(body: str, shape: tuple[int, int]) -> None:
-    x = PredictRequest.model_validate_json(body).x
+    x = x_of(body)
     assert isinstance(x, np.ndarray) and x.dtype == np.float32 and x.shape == shape
 
 
@@ -39,7 +46,7 @@ def test_valid_requests_become_float32_arrays(body: str, shape: tuple[int, int])
         ('{"x": [true]}', "valid number"),
         ('{"x": [null]}', "valid number"),
         ('{"x": [{"a": 1}]}', "valid number"),
-        ('{"x": [[1], [2, 3]]}', "ragged rows"),
+        ('{"x": [[1], [2, 3]]}', "ragged rows: x[0] has 1 value(s) but x[1] has 2 value(s)"),
         ('{"x": [1, [2]]}', "valid number"),
         ('{"x": [NaN]}', "not a finite float32"),
         ('{"x": [1, Infinity]}', "x[1] = inf"),
@@ -52,6 +59,7 @@ def test_valid_requests_become_float32_arrays(body: str, shape: tuple[int, int])
         ('{"x": [1], "extra": 2}', "Extra inputs"),
         ('{"x": [1, 2', "Invalid JSON"),
         ('{"x": 5}', "valid array"),
+        ('{"x": [[1, 2]]}', "the model takes 1 feature(s) per row, got 2"),
     ],
 )
 def test_bad_requests_say_what_is_wrong(body: str, message: str) -> None:
@@ -61,35 +69,44 @@ def test_bad_requests_say_what_is_wrong(body: str, message: str) -> None:
 
 
 def test_value_limit() -> None:
-    to_array([1.0] * 10, max_values=10)
-    with pytest.raises(ValueError, match="too many values: 11 > MAX_VALUES=10"):
-        to_array([1.0] * 11, max_values=10)
-    with pytest.raises(ValueError, match="too many values: 12"):
-        to_array([[1.0, 2.0]] * 6, max_values=10)
+    ten = request_model(DEMO, max_values=10)
+    x_of('{"x": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}', ten)
+    with pytest.raises(ValidationError, match="too many values: 11 > MAX_VALUES=10"):
+        x_of('{"x": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]}', ten)
 
 
-def test_request_model_checks_width_and_batch_rows() -> None:
-    one_feature = request_model(1, max_rows=3, max_rows_setting="BATCH_MAX_SIZE")
-    assert one_feature.model_validate_json('{"x": [1, 2, 3]}').x.shape == (3, 1)
-    with pytest.raises(ValidationError, match="the model takes 1 feature\\(s\\) per row, got 2"):
-        one_feature.model_validate_json('{"x": [[1, 2]]}')
+def test_batched_request_must_fit_one_batch() -> None:
+    batched = request_model(DEMO, 1_000, max_rows=3, max_rows_setting="BATCH_MAX_SIZE")
+    assert x_of('{"x": [1, 2, 3]}', batched).shape == (3, 1)
     with pytest.raises(ValidationError, match="too many rows for adaptive batching: 4 > BATCH_MAX"):
-        one_feature.model_validate_json('{"x": [1, 2, 3, 4]}')
+        x_of('{"x": [1, 2, 3, 4]}', batched)
 
 
-def test_batch_predictions_hand_each_request_its_rows() -> None:
-    # BentoML splits a batch's result with result[start:stop], one slice per request.
-    batch = BatchPredictions(np.array([[2.0], [4.0], [6.0]], dtype=np.float32), "m:1")
-    assert len(batch) == 3
-    assert batch[0:2] == PredictResponse(y=[2.0, 4.0], model="m:1")
-    assert batch[2:3] == PredictResponse(y=[6.0], model="m:1")
+def test_batched_requests_stack_and_each_gets_its_rows() -> None:
+    # BentoML stacks the requests of a batch with the container registered for Feeds...
+    parts = [Feeds({"x": np.full((n, 1), n, np.float32)}) for n in (1, 3, 2)]
+    batch, indices = FeedsContainer.batches_to_batch(parts)
+    assert batch.rows == 6 and indices == [0, 1, 4, 6]
+    # ...and splits the result with result[start:stop], one slice per request.
+    respond = responder(DEMO, "m:1", PredictResponse)
+    result = BatchPredictions(double(batch), respond)
+    assert len(result) == 6
+    assert result[1:4].model_dump() == {"y": [6.0, 6.0, 6.0], "model": "m:1"}
 
 
-def test_response_flattens_single_output() -> None:
+def test_response_flattens_one_value_per_row() -> None:
+    respond = responder(DEMO, "m:1", PredictResponse)
     y = np.array([[2.0], [4.0]], dtype=np.float32)
-    assert PredictResponse.from_array(y, "m:1").model_dump() == {"y": [2.0, 4.0], "model": "m:1"}
-    y2 = np.array([[1.0, 2.0]], dtype=np.float32)
-    assert PredictResponse.from_array(y2, "m:1").y == [[1.0, 2.0]]
+    assert respond({"y": y}).model_dump() == {"y": [2.0, 4.0], "model": "m:1"}
+
+
+def test_signature_round_trips_through_bentoml_metadata() -> None:
+    from bentoml._internal.utils import validate_metadata
+
+    meta = {"signature": DEMO.to_metadata()}
+    validate_metadata(meta)  # BentoML refuses None and other non-basic types
+    assert Signature.from_metadata(meta["signature"]) == DEMO
+    assert DEMO.columns == ("x",) and DEMO.batch == "dynamic"
 
 
 def write(tmp_path: Path, name: str, content: bytes) -> Path:
@@ -101,7 +118,7 @@ def write(tmp_path: Path, name: str, content: bytes) -> Path:
 def test_csv_keeps_columns_and_order_across_chunks(tmp_path: Path) -> None:
     rows = [f"id{i},{i * 0.5},tag{i}" for i in range(10)]
     src = write(tmp_path, "in.csv", ("id,x,note\n" + "\n".join(rows) + "\n").encode())
-    out = predict_file(src, tmp_path, double, chunk_rows=3)
+    out = predict_file(src, tmp_path, DEMO, double, chunk_rows=3)
     lines = out.read_text().splitlines()
     assert lines[0] == "id,x,note,y"
     assert lines[1:] == [f"{r},{i:g}" for i, r in enumerate(rows)]
@@ -110,14 +127,14 @@ def test_csv_keeps_columns_and_order_across_chunks(tmp_path: Path) -> None:
 def test_csv_predictions_read_back_as_the_same_float32(tmp_path: Path) -> None:
     x = np.random.default_rng(3).uniform(-1e6, 1e6, size=2000).astype(np.float32)
     src = write(tmp_path, "in.csv", ("x\n" + "\n".join(map(repr, x.tolist())) + "\n").encode())
-    out = predict_file(src, tmp_path, double, chunk_rows=500)
+    out = predict_file(src, tmp_path, DEMO, double, chunk_rows=500)
     y = np.array([float(line.split(",")[1]) for line in out.read_text().splitlines()[1:]])
     np.testing.assert_array_equal(y.astype(np.float32), 2 * x)
 
 
 def test_csv_with_quotes_crlf_bom_and_blank_lines(tmp_path: Path) -> None:
     content = '\ufeffname,x\r\n"Smith, J",1.5\r\n\r\n"O""Neil",2\r\n'.encode()
-    out = predict_file(write(tmp_path, "q.csv", content), tmp_path, double, chunk_rows=2)
+    out = predict_file(write(tmp_path, "q.csv", content), tmp_path, DEMO, double, chunk_rows=2)
     assert out.read_text().splitlines() == ["name,x,y", '"Smith, J",1.5,3', '"O""Neil",2,4']
 
 
@@ -125,19 +142,19 @@ def test_csv_with_quotes_crlf_bom_and_blank_lines(tmp_path: Path) -> None:
     ("content", "message"),
     [
         (b"", "empty"),
-        (b"a,b\n1,2\n", "no 'x' column"),
+        (b"a,b\n1,2\n", "no \\['x'\\] column"),
         (b"x\n1\nabc\n3\n", "line 3: x = 'abc' is not a number"),
         (b"x\n1\nnan\n", "not a finite float32"),
         (b"x\n1e39\n", "not a finite float32"),
         (b"x\n", "no rows"),
         (b"id,x\n1\n", "has 1 fields, the header has 2"),
-        (b"x,y\n1,2\n", "already has a 'y' column"),
+        (b"x,y\n1,2\n", "already has the output column\\(s\\) \\['y'\\]"),
         (b"\xff\xfe\x00garbage", "neither a .npy file nor UTF-8"),
     ],
 )
 def test_bad_csv_is_refused_with_a_reason(tmp_path: Path, content: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
-        predict_file(write(tmp_path, "bad.csv", content), tmp_path, double, chunk_rows=2)
+        predict_file(write(tmp_path, "bad.csv", content), tmp_path, DEMO, double, chunk_rows=2)
 
 
 @pytest.mark.parametrize("shape", [(7,), (7, 1)])
@@ -145,7 +162,7 @@ def test_npy_round_trip(tmp_path: Path, shape: tuple[int, ...]) -> None:
     x = np.arange(7, dtype=np.float64).reshape(shape) / 4
     src = tmp_path / "in.npy"
     np.save(src, x)
-    out = predict_file(src, tmp_path, double, chunk_rows=3)
+    out = predict_file(src, tmp_path, DEMO, double, chunk_rows=3)
     y = np.load(out)
     assert y.dtype == np.float32 and y.shape == (7,)
     np.testing.assert_array_equal(y, 2 * x.reshape(-1).astype(np.float32))
@@ -156,7 +173,8 @@ def test_npy_round_trip(tmp_path: Path, shape: tuple[int, ...]) -> None:
     [
         (np.array([1, 2, 3], dtype=np.int64), "must hold floats"),
         (np.zeros((0,), dtype=np.float32), "no rows"),
-        (np.zeros((2, 2, 2), dtype=np.float32), "must be \\[rows\\]"),
+        (np.zeros((2, 2, 2), dtype=np.float32), "has 3 dimension\\(s\\)"),
+        (np.zeros((2, 2), dtype=np.float32), "takes 1 feature\\(s\\) per row, got 2"),
         (np.array([1.0, np.inf], dtype=np.float32), "row\\[1\\] = inf"),
     ],
 )
@@ -164,21 +182,18 @@ def test_bad_npy_is_refused(tmp_path: Path, array: np.ndarray, message: str) -> 
     src = tmp_path / "in.npy"
     np.save(src, array)
     with pytest.raises(InvalidInput, match=message):
-        predict_file(src, tmp_path, double, chunk_rows=3)
+        predict_file(src, tmp_path, DEMO, double, chunk_rows=3)
 
 
 def test_pickled_npy_is_refused(tmp_path: Path) -> None:
     src = tmp_path / "in.npy"
     np.save(src, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InvalidInput, match=r"not a readable \.npy file"):
-        predict_file(src, tmp_path, double, chunk_rows=3)
+        predict_file(src, tmp_path, DEMO, double, chunk_rows=3)
 
 
-def test_runner_feeds_rank_1_models_a_flat_vector() -> None:
-    import onnxruntime as ort
+def test_rank_1_models_take_rows_of_one_value() -> None:
     from onnx import TensorProto, helper
-
-    from onnx_serving.runner import LoadedModel
 
     graph = helper.make_graph(
         [helper.make_node("Neg", ["v"], ["w"])],
@@ -187,9 +202,8 @@ def test_runner_feeds_rank_1_models_a_flat_vector() -> None:
         [helper.make_tensor_value_info("w", TensorProto.FLOAT, ["n"])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    loaded = LoadedModel("neg:1", session, "v", input_rank=1, n_features=1, info={})
-    y = loaded.run(np.array([[1.0], [-2.5]], dtype=np.float32))
-    assert PredictResponse.from_array(y, loaded.tag).y == [-1.0, 2.5]
-    with pytest.raises(InvalidInput, match="takes 1 feature"):
-        loaded.run(np.ones((2, 2), dtype=np.float32))
+    sig = model_store.inspect(model.SerializeToString(), ImportOptions())
+    request = request_model(sig, 100)
+    assert request.model_validate_json('{"x": [[1.0], [-2.5]]}').feeds.arrays["v"].shape == (2,)
+    with pytest.raises(ValidationError, match="takes 1 feature"):
+        request.model_validate_json('{"x": [[1.0, 2.0]]}')

@@ -1,0 +1,144 @@
+"""Routes that BentoML's @bentoml.api can't express: GETs, raw bodies, image uploads, and the
+Open Inference Protocol. A FastAPI app mounted on the service with @bentoml.asgi_app:
+BentoML merges a mounted FastAPI app's OpenAPI paths into its own /docs.json, so every
+route is in one API document. Errors are `{"error": "..."}` with a 4xx, as everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from . import images, v2
+from .config import settings
+from .tensors import InvalidInput, check_values, from_bytes, to_bytes
+from .validation import check_feeds
+
+# BentoML serves the documentation (/ and /docs.json); this app only lends it its paths.
+app = FastAPI(title="onnx_model routes", openapi_url=None, docs_url=None, redoc_url=None)
+app.include_router(v2.router)
+
+
+@app.exception_handler(RequestValidationError)
+async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return JSONResponse({"error": f"{where}: {first['msg']}", "detail": exc.errors()}, 400)
+
+
+@app.exception_handler(InvalidInput)
+async def invalid_input(_: Request, exc: InvalidInput) -> JSONResponse:
+    return JSONResponse({"error": str(exc)}, 400)
+
+
+def current_model() -> Any:
+    import bentoml
+
+    return bentoml.get_current_service().model
+
+
+@app.get("/metadata", summary="Which model answers: tag, file, SHA-256, signature, metrics")
+async def metadata() -> JSONResponse:
+    return JSONResponse(current_model().info)
+
+
+BINARY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "The input's values, little-endian, row after row.",
+            }
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "The output's values, little-endian; "
+            "headers X-Model, X-Shape, X-Datatype",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        },
+        "400": {"description": 'A bad body: `{"error": "..."}`'},
+    },
+}
+
+
+@app.post(
+    "/predict_binary",
+    summary="Raw little-endian tensors in and out, for large requests to one-input models",
+    openapi_extra=BINARY_DOC,
+)
+async def predict_binary(request: Request) -> Response:
+    """The body is the input's values (its own type, little-endian); `X-Shape: rows,...`
+    gives the shape, else rows of the input's static width. No JSON to parse or write."""
+    model = current_model()
+    sig = model.signature
+    if not (sig.single_input and sig.single_output):
+        raise InvalidInput("/predict_binary serves models of one input and one output; use V2")
+    (spec,) = sig.inputs
+    body = await request.body()
+    if not body:
+        raise InvalidInput(f"the body is empty: send little-endian {spec.datatype} values")
+    shape = _shape(request.headers.get("X-Shape"), len(body), spec)
+    values = from_bytes(body, spec.dtype, int(np.prod(shape)), "the body")
+    values = check_values(values.reshape(shape), spec.dtype, "x", sig.allow_nan)
+    feeds = check_feeds(sig, {spec.name: values}, settings().max_values)
+    (y,) = model.run(feeds).values()
+    return Response(
+        to_bytes(y),
+        media_type="application/octet-stream",
+        headers={
+            "X-Model": model.tag,
+            "X-Shape": ",".join(map(str, y.shape)),
+            "X-Datatype": sig.outputs[0].datatype,
+        },
+    )
+
+
+def _shape(header: str | None, nbytes: int, spec: Any) -> list[int]:
+    if header:
+        try:
+            shape = [int(d) for d in header.split(",")]
+        except ValueError:
+            raise InvalidInput(
+                f"X-Shape must be integers separated by commas, got {header!r}"
+            ) from None
+        if any(d < 0 for d in shape):
+            raise InvalidInput(f"X-Shape {header!r} has a negative dimension")
+        return shape
+    if spec.dtype.kind == "O":
+        raise InvalidInput("string tensors need an X-Shape header")
+    width = spec.width or 1
+    if nbytes % (spec.dtype.itemsize * width):
+        raise InvalidInput(
+            f"the body has {nbytes} bytes: not whole rows of {width} {spec.datatype} value(s)"
+        )
+    return [nbytes // (spec.dtype.itemsize * width), width]
+
+
+@app.post(
+    "/predict_image",
+    summary="Classify an uploaded PNG or JPEG (models that take one image tensor)",
+    responses={400: {"description": "Not an image model, or not a readable image"}},
+)
+async def predict_image(
+    file: Annotated[UploadFile, File(description="A PNG or JPEG picture")],
+    top_k: Annotated[int, Query(ge=1, le=1000, description="How many classes to return")] = 5,
+) -> dict[str, Any]:
+    model = current_model()
+    sig = model.signature
+    if sig.image is None:
+        raise InvalidInput(
+            "this model takes no image: /predict_image needs one float input of rank 4 with "
+            "1 or 3 channels"
+        )
+    tensor = images.to_tensor(await file.read(), sig.image)
+    outputs = model.run(check_feeds(sig, {sig.inputs[0].name: tensor}, settings().max_values))
+    scores = next(iter(outputs.values()))
+    return {"top": images.top_classes(scores[0], sig.image, sig.classes, top_k), "model": model.tag}

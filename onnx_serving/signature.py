@@ -1,0 +1,358 @@
+"""What a model takes and gives: named tensors, their types and shapes, the batch dimension,
+class labels, CSV columns and the image recipe.
+
+Read once from the ONNX file when it is imported (`read`), kept in the model's BentoML
+metadata as plain JSON types (`to_metadata`: BentoML refuses None, so an unnamed dynamic
+dimension is written "?"), and rebuilt from there when the service starts (`from_metadata`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from .tensors import DTYPES
+
+FORMAT = 2  # metadata written before this module had no "format" key: re-read from the file
+DYNAMIC = "?"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# ai.onnx.ml attributes that carry a classifier's class labels (ZipMap, *Classifier).
+CLASS_LABEL_ATTRIBUTES = (
+    "classlabels_int64s",
+    "classlabels_ints",
+    "classlabels_strings",
+)
+
+
+class InvalidModel(ValueError):
+    """An ONNX file that this service can't serve; the message says why."""
+
+
+def is_static(dim: int | str) -> bool:
+    return isinstance(dim, int) and dim >= 0
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    onnx_type: str  # "tensor(float)"; a ZipMap output: "seq(map(int64,tensor(float)))"
+    shape: tuple[int | str, ...]  # int: static; str: dynamic (its symbolic name, or "?")
+
+    @property
+    def is_zipmap(self) -> bool:
+        """skl2onnx's per-row {class: probability} maps, served as a [rows, classes] tensor."""
+        return self.onnx_type.startswith("seq(map(")
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32) if self.is_zipmap else DTYPES[self.onnx_type][0]
+
+    @property
+    def datatype(self) -> str:
+        """The Open Inference Protocol's name for the type: FP32, INT64, BYTES, ..."""
+        return "FP32" if self.is_zipmap else DTYPES[self.onnx_type][1]
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def width(self) -> int | None:
+        """Values per row (the product of the dimensions after the first), None if dynamic."""
+        rest = self.shape[1:]
+        return math.prod(rest) if all(is_static(d) for d in rest) else None
+
+    @property
+    def is_column(self) -> bool:
+        """[rows, 1]: one value per row, which the native JSON API sends as a flat list."""
+        return self.rank == 2 and self.shape[1] == 1
+
+    def v2_shape(self) -> list[int]:
+        return [d if is_static(d) else -1 for d in self.shape]
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.onnx_type, "shape": list(self.shape)}
+
+    @classmethod
+    def from_metadata(cls, d: dict[str, Any]) -> TensorSpec:
+        return cls(d["name"], d["dtype"], tuple(d["shape"]))
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    """How an uploaded picture becomes the model's input tensor, recorded at import."""
+
+    layout: str  # "NCHW" or "NHWC"
+    channels: str  # "RGB", "BGR" or "L"
+    height: int
+    width: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: float = 1 / 255  # pixel values 0..255 times this, before mean and std
+    scores: str = "logits"  # "logits": softmax them; "probabilities": as they are
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {**self.__dict__, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_metadata(cls, d: dict[str, Any]) -> ImageRecipe:
+        return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """What the user says at import that the file can't: see train_and_save.py --help."""
+
+    features: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    allow_nan: bool = False
+    image_size: tuple[int, int] | None = None
+    image_mean: tuple[float, ...] = IMAGENET_MEAN
+    image_std: tuple[float, ...] = IMAGENET_STD
+    image_channels: str = "RGB"
+    image_scores: str = "logits"
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    # "dynamic": any number of rows per call; "static": exactly batch_size rows per call
+    # (the service runs larger requests in slices); "none": no batch dimension at all.
+    batch: str = "dynamic"
+    batch_size: int = 0
+    classes: tuple[int | str, ...] = ()  # labels of the class-score columns, if known
+    columns: tuple[str, ...] = ()  # CSV columns feeding the inputs, in order; () if none fit
+    allow_nan: bool = False  # NaN is a valid input (tree models read it as "missing")
+    image: ImageRecipe | None = None
+    opset: int = 0
+    ir_version: int = 0
+
+    @property
+    def single_input(self) -> bool:
+        return len(self.inputs) == 1
+
+    @property
+    def single_output(self) -> bool:
+        return len(self.outputs) == 1
+
+    @property
+    def batchable(self) -> bool:
+        """Can requests be stacked along rows into one call? Only with a dynamic first dim."""
+        return self.batch == "dynamic"
+
+    def batching_note(self) -> str:
+        if self.batch == "dynamic":
+            return "the first dimension is dynamic: requests can be batched"
+        if self.batch == "static":
+            return (
+                f"the model takes exactly {self.batch_size} row(s) per call: larger requests "
+                "run in slices of that size, and adaptive batching can't combine requests"
+            )
+        return "the inputs have no common batch dimension: each request runs as sent"
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((s for s in self.inputs if s.name == name), None)
+
+    def output_columns(self, spec: TensorSpec) -> list[str]:
+        """CSV column names for one output: named after it, one per value in a row."""
+        base = "y" if self.single_output else spec.name
+        width = spec.width if spec.rank > 1 else 1
+        if width == 1:
+            return [base]
+        if width is None:
+            raise ValueError(f"output {spec.name!r} has a dynamic width: it can't be CSV columns")
+        if self.classes and width == len(self.classes):
+            return [f"{base}_{c}" for c in self.classes]
+        return [f"{base}_{i}" for i in range(width)]
+
+    def to_metadata(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "format": FORMAT,
+            "inputs": [s.to_metadata() for s in self.inputs],
+            "outputs": [s.to_metadata() for s in self.outputs],
+            "batch": self.batch,
+            "batch_size": self.batch_size,
+            "batching": self.batching_note(),
+            "classes": list(self.classes),
+            "columns": list(self.columns),
+            "allow_nan": self.allow_nan,
+            "opset": self.opset,
+            "ir_version": self.ir_version,
+        }
+        if self.image is not None:
+            out["image"] = self.image.to_metadata()
+        return out
+
+    @classmethod
+    def from_metadata(cls, d: dict[str, Any]) -> Signature:
+        image = d.get("image")
+        return cls(
+            inputs=tuple(TensorSpec.from_metadata(s) for s in d["inputs"]),
+            outputs=tuple(TensorSpec.from_metadata(s) for s in d["outputs"]),
+            batch=d["batch"],
+            batch_size=d["batch_size"],
+            classes=tuple(d["classes"]),
+            columns=tuple(d["columns"]),
+            allow_nan=d["allow_nan"],
+            image=ImageRecipe.from_metadata(image) if image else None,
+            opset=d["opset"],
+            ir_version=d["ir_version"],
+        )
+
+
+# --- reading a model ------------------------------------------------------------------------
+
+
+def _dims(shape: list[Any]) -> tuple[int | str, ...]:
+    # ONNX Runtime reports symbolic dimensions as strings and unnamed ones as None.
+    return tuple(d if isinstance(d, int) else (str(d) if d else DYNAMIC) for d in shape)
+
+
+def _node_classes(proto: Any) -> tuple[int | str, ...]:
+    """Class labels written into the graph by a classifier's converter (ZipMap first)."""
+    from onnx import helper
+
+    nodes = sorted(proto.graph.node, key=lambda n: n.op_type != "ZipMap")
+    for node in nodes:
+        if node.domain != "ai.onnx.ml":
+            continue
+        for attr in node.attribute:
+            if attr.name in CLASS_LABEL_ATTRIBUTES:
+                value = helper.get_attribute_value(attr)
+                return tuple(v.decode() if isinstance(v, bytes) else int(v) for v in value)
+    return ()
+
+
+def _batch(inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> tuple[str, int]:
+    """The batch dimension: the first of every input, if they all agree and the outputs
+    have it too (an output declared with a different static first dimension is not per row;
+    one whose shape the file leaves unknown is taken at its word)."""
+    firsts = {s.shape[0] if s.rank else None for s in inputs}
+    if None in firsts or len(firsts) != 1:
+        return "none", 0
+    (first,) = firsts
+    for o in outputs:
+        if o.is_zipmap or not o.rank:
+            continue
+        if is_static(o.shape[0]) if not is_static(first) else o.shape[0] != first:
+            return "none", 0
+    return ("static", int(first)) if is_static(first) else ("dynamic", 0)
+
+
+def _columns(inputs: tuple[TensorSpec, ...], features: tuple[str, ...]) -> tuple[str, ...]:
+    """CSV columns for the inputs: `features` if given, else x / x_0.. for one input and
+    name / name_0.. for several. () when an input can't come from CSV columns."""
+    widths = []
+    for s in inputs:
+        if s.rank not in (1, 2) or (s.rank == 2 and s.width is None):
+            if features:
+                raise InvalidModel(
+                    f"--features: input {s.name!r} has shape {list(s.shape)}; only inputs of "
+                    "shape [rows] or [rows, n] can be read from CSV columns"
+                )
+            return ()
+        widths.append(1 if s.rank == 1 else s.width)
+    if features:
+        if len(features) != sum(widths) or len(set(features)) != len(features):
+            raise InvalidModel(
+                f"--features names {len(features)} distinct column(s), the inputs take "
+                f"{sum(widths)} value(s) per row"
+            )
+        return features
+    names: list[str] = []
+    for s, width in zip(inputs, widths, strict=True):
+        base = "x" if len(inputs) == 1 else s.name
+        names += [base] if width == 1 else [f"{base}_{i}" for i in range(width)]
+    return tuple(names)
+
+
+def _image(inputs: tuple[TensorSpec, ...], options: ImportOptions) -> ImageRecipe | None:
+    """A recipe for single-input float models of rank 4 with 1 or 3 channels, else None."""
+    if len(inputs) != 1 or inputs[0].rank != 4 or inputs[0].dtype.kind != "f":
+        return None
+    _, d1, d2, d3 = inputs[0].shape
+    if d1 in (1, 3):
+        layout, channels, h, w = "NCHW", d1, d2, d3
+    elif d3 in (1, 3):
+        layout, channels, h, w = "NHWC", d3, d1, d2
+    else:
+        return None
+    if options.image_size is not None:
+        h, w = options.image_size
+    if not (is_static(h) and is_static(w)):
+        raise InvalidModel(
+            f"input {inputs[0].name!r} has a dynamic image size {list(inputs[0].shape)}: "
+            "give it with --image-size HEIGHT,WIDTH"
+        )
+    mode = "L" if channels == 1 else options.image_channels
+    mean, std = options.image_mean, options.image_std
+    if channels == 1:
+        mean, std = mean[:1], std[:1]
+    if len(mean) != channels or len(std) != channels:
+        raise InvalidModel(f"--image-mean and --image-std need {channels} value(s) each")
+    return ImageRecipe(
+        layout, mode, int(h), int(w), tuple(mean), tuple(std), 1 / 255, options.image_scores
+    )
+
+
+def read(proto: Any, session: Any, options: ImportOptions) -> Signature:
+    """The signature of a loaded model (onnx ModelProto and its ONNX Runtime session).
+
+    Raises InvalidModel for inputs or outputs that JSON and V2 can't carry.
+    """
+    inputs = tuple(TensorSpec(i.name, i.type, _dims(i.shape)) for i in session.get_inputs())
+    for s in inputs:
+        if s.onnx_type not in DTYPES:
+            raise InvalidModel(
+                f"input {s.name!r} is {s.onnx_type}: supported are {', '.join(DTYPES)}"
+            )
+    classes = tuple(options.labels) or _node_classes(proto)
+    outputs = []
+    for o in session.get_outputs():
+        spec = TensorSpec(o.name, o.type, _dims(o.shape))
+        if spec.is_zipmap:
+            found = _node_classes(proto)
+            if not found:
+                raise InvalidModel(f"output {o.name!r} is {o.type}, with no ZipMap class labels")
+            spec = replace(spec, shape=(DYNAMIC, len(found)))
+        elif spec.onnx_type not in DTYPES:
+            raise InvalidModel(
+                f"output {o.name!r} is {o.type}: only tensors of {', '.join(DTYPES)} and "
+                "ZipMap outputs can be expressed as JSON"
+            )
+        outputs.append(spec)
+    batch, size = _batch(inputs, tuple(outputs))
+    return Signature(
+        inputs=inputs,
+        outputs=tuple(outputs),
+        batch=batch,
+        batch_size=size,
+        classes=classes,
+        columns=_columns(inputs, options.features),
+        allow_nan=options.allow_nan,
+        image=_image(inputs, options),
+        opset=max(
+            (op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")), default=0
+        ),
+        ir_version=proto.ir_version,
+    )
+
+
+def example_feeds(sig: Signature) -> dict[str, np.ndarray]:
+    """One row of zeros (empty strings) per input, the smallest call the model must take:
+    the warm-up at start and the trial run at import."""
+    rows = sig.batch_size if sig.batch == "static" else 1
+    feeds = {}
+    for s in sig.inputs:
+        shape = [d if is_static(d) else 1 for d in s.shape]
+        if s.rank and sig.batch != "none":
+            shape[0] = rows
+        feeds[s.name] = (
+            np.full(shape, "", dtype=object) if s.dtype.kind == "O" else np.zeros(shape, s.dtype)
+        )
+    return feeds
