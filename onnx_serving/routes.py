@@ -12,6 +12,7 @@ import numpy as np
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from . import images, v2
 from .config import settings
@@ -142,3 +143,15 @@ async def predict_image(
     outputs = model.run(check_feeds(sig, {sig.inputs[0].name: tensor}, settings().max_values))
     scores = next(iter(outputs.values()))
     return {"top": images.top_classes(scores[0], sig.image, sig.classes, top_k), "model": model.tag}
+
+
+# The raw-body routes answer through plain Starlette routes placed first: FastAPI's request
+# handling (parameter solving, response checks) measured about 60 µs a request for nothing
+# these endpoints use, against ~10 µs for a plain route. Their APIRoutes above still give
+# /docs.json its paths; exceptions still reach this app's handlers.
+for path, endpoint in (
+    ("/predict_binary", predict_binary),
+    ("/v2/models/{name}/infer", v2.infer),
+    ("/v2/models/{name}/versions/{version}/infer", v2.infer),
+):
+    app.router.routes.insert(0, Route(path, endpoint, methods=["POST"]))

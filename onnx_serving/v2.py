@@ -262,9 +262,30 @@ async def ready() -> JSONResponse:
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
-@router.get("/models/{name}", summary="Model metadata")
-@router.get("/models/{name}/versions/{version}", summary="Model metadata, one version")
-async def model_metadata(request: Request, name: str) -> JSONResponse:
+PATH_PARAMETERS = {
+    "name": "The model's name, e.g. linear-2x",
+    "version": "The model's version, e.g. sha256-cb0c4b0ee3ec16c9",
+}
+
+
+def params(*names: str, **extra: Any) -> dict[str, Any]:
+    """OpenAPI path parameters: the handlers read them from request.path_params."""
+    listed = [
+        {"name": n, "in": "path", "required": True, "schema": {"type": "string"},
+         "description": PATH_PARAMETERS[n]}
+        for n in names
+    ]  # fmt: skip
+    return {"parameters": listed, **extra}
+
+
+@router.get("/models/{name}", summary="Model metadata", openapi_extra=params("name"))
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="Model metadata, one version",
+    openapi_extra=params("name", "version"),
+)
+async def model_metadata(request: Request) -> JSONResponse:
+    name = request.path_params["name"]
     try:
         model = _model(name, request.path_params.get("version"))
     except V2Error as exc:
@@ -286,9 +307,14 @@ async def model_metadata(request: Request, name: str) -> JSONResponse:
     return JSONResponse(body)
 
 
-@router.get("/models/{name}/ready", summary="Model readiness")
-@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness, one version")
-async def model_ready(request: Request, name: str) -> JSONResponse:
+@router.get("/models/{name}/ready", summary="Model readiness", openapi_extra=params("name"))
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    summary="Model readiness, one version",
+    openapi_extra=params("name", "version"),
+)
+async def model_ready(request: Request) -> JSONResponse:
+    name = request.path_params["name"]
     try:
         _model(name, request.path_params.get("version"))
     except V2Error as exc:
@@ -319,17 +345,17 @@ INFER_DOC = {
 }
 
 
-@router.post("/models/{name}/infer", summary="Inference", openapi_extra=INFER_DOC)
+@router.post("/models/{name}/infer", summary="Inference", openapi_extra=params("name", **INFER_DOC))
 @router.post(
     "/models/{name}/versions/{version}/infer",
     summary="Inference, one version",
-    openapi_extra=INFER_DOC,
+    openapi_extra=params("name", "version", **INFER_DOC),
 )
-async def infer(request: Request, name: str) -> Response:
+async def infer(request: Request) -> Response:
     from .config import settings
 
     try:
-        model = _model(name, request.path_params.get("version"))
+        model = _model(request.path_params["name"], request.path_params.get("version"))
         parsed, binary = parse(await request.body(), request.headers.get(HEADER_LENGTH))
         feeds = feeds_of(parsed, binary, model, settings().max_values)
         return respond(parsed, model, model.run(feeds))

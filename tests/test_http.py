@@ -144,6 +144,8 @@ def test_one_api_document_lists_every_route_with_its_schemas(http: httpx.Client)
     schemas = spec["components"]["schemas"]
     request = next(v for k, v in schemas.items() if k.startswith("PredictRequest"))
     assert request["required"] == ["x"] and "FP32" in request["properties"]["x"]["description"]
+    versioned = spec["paths"][f"{v2}/versions/{{version}}/infer"]["post"]
+    assert [p["name"] for p in versioned["parameters"]] == ["name", "version"]
     infer = spec["paths"][f"{v2}/infer"]["post"]
     body = infer["requestBody"]["content"]
     assert set(body) == {"application/json", "application/octet-stream"}
