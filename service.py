@@ -62,7 +62,8 @@ UploadedFile = Annotated[Path, WrapValidator(spool_upload)]
     traffic={"timeout": 300},
     # Per-request access log lines and spans cost more than the model (README, Performance).
     logging={"access": {"enabled": SETTINGS.access_log}},
-    tracing={"excluded_urls": [] if SETTINGS.trace_predictions else ["/predict"]},
+    # Patterns matched anywhere in the URL: every /predict* route and V2's .../infer.
+    tracing={"excluded_urls": [] if SETTINGS.trace_predictions else ["/predict", "/infer"]},
     labels={"project": "onnx-bento-service"},
 )
 class OnnxModelService:
