@@ -23,16 +23,13 @@ from pydantic import WrapValidator
 from onnx_serving import model_store
 from onnx_serving.config import settings
 from onnx_serving.feeds import BatchPredictions, Feeds
+from onnx_serving.guards import ApiKeyGuard, BodyLimit, ContentTypeGuard
 from onnx_serving.routes import app as plain_routes
 from onnx_serving.tensors import InvalidInput
-from onnx_serving.validation import (
-    ContentTypeGuard,
-    request_model,
-    responder,
-    response_model,
-)
+from onnx_serving.validation import request_model, responder, response_model
 
 with bentoml.importing():
+    from bentoml._internal.context import server_context
     from starlette.responses import JSONResponse
 
     from onnx_serving.batch_files import predict_file, spool_upload
@@ -45,6 +42,11 @@ SETTINGS = settings()
 # and being restarted forever.
 STORED = model_store.get_verified(SETTINGS.model_ref)
 MODEL = bentoml.models.BentoModel(str(STORED.tag))
+if server_context.worker_index is None:
+    # Not a worker: `bentoml serve` itself (or `bentoml build`). A model that can't run would
+    # fail every worker at start, and BentoML would restart them forever: try it here, once,
+    # so the command stops with the reason instead.
+    ModelRunner(SETTINGS).load(STORED)
 # The request and response bodies follow the served model's inputs and outputs.
 SIGNATURE = model_store.signature_of(STORED)
 PredictRequest = request_model(SIGNATURE, SETTINGS.max_values)
@@ -110,4 +112,8 @@ class OnnxModelService:
             return JSONResponse({"error": str(exc)}, status_code=400)
 
 
+# Outermost first: who may call, then what they send.
+if SETTINGS.api_key_hashes:
+    OnnxModelService.add_asgi_middleware(ApiKeyGuard, hashes=SETTINGS.api_key_hashes)
 OnnxModelService.add_asgi_middleware(ContentTypeGuard)
+OnnxModelService.add_asgi_middleware(BodyLimit, settings=SETTINGS)

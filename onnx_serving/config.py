@@ -7,8 +7,10 @@ configuration table and the code can't drift apart.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 DEFAULT_MODEL_NAME = "linear-2x"
 
@@ -35,6 +37,33 @@ def _bool(name: str) -> bool:
     raise ValueError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
 
 
+MIB = 1 << 20
+# JSON spends at most this many bytes on one value in any request a client should send
+# ("-1.2345678901234567e-123, " is 26); a body past MAX_VALUES of them is refused unread.
+JSON_BYTES_PER_VALUE = 26
+
+
+def _api_key_hashes() -> tuple[str, ...]:
+    """SHA-256 hex digests of the accepted API keys: from API_KEY (the key itself),
+    API_KEY_SHA256 (digests, comma-separated) and API_KEY_FILE (one key per line)."""
+    keys = [k.strip() for k in os.environ.get("API_KEY", "").split(",") if k.strip()]
+    path = os.environ.get("API_KEY_FILE", "")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                keys += [line.strip() for line in f if line.strip()]
+        except OSError as exc:
+            raise ValueError(f"API_KEY_FILE: {exc.strerror}: {path}") from None
+    hashes = [hashlib.sha256(k.encode()).hexdigest() for k in keys]
+    for digest in os.environ.get("API_KEY_SHA256", "").split(","):
+        digest = digest.strip().lower()
+        if digest and not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError("API_KEY_SHA256 must be SHA-256 hex digests, comma-separated")
+        if digest:
+            hashes.append(digest)
+    return tuple(hashes)
+
+
 @dataclass(frozen=True)
 class Settings:
     # Which model to serve: a full tag wins over a name (which means "its latest version").
@@ -57,6 +86,14 @@ class Settings:
     # unless asked for. Errors are logged and /metrics counts every request either way.
     access_log: bool
     trace_predictions: bool
+    # Request bodies, in bytes, checked from Content-Length before a byte is read and
+    # counted while a body without one streams in (413 past them).
+    max_json_bytes: int
+    max_binary_bytes: int
+    max_file_bytes: int
+    max_image_bytes: int
+    # SHA-256 digests of the accepted API keys; empty: no authentication. Never the keys.
+    api_key_hashes: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def model_ref(self) -> str:
@@ -64,10 +101,11 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
+        max_values = _int("MAX_VALUES", 1_000_000)
         return cls(
             model_name=os.environ.get("MODEL_NAME") or DEFAULT_MODEL_NAME,
             model_tag=os.environ.get("MODEL_TAG") or None,
-            max_values=_int("MAX_VALUES", 1_000_000),
+            max_values=max_values,
             file_chunk_rows=_int("FILE_CHUNK_ROWS", 262_144),
             ort_intra_op_threads=_int("ORT_INTRA_OP_THREADS", 1),
             ort_inter_op_threads=_int("ORT_INTER_OP_THREADS", 1),
@@ -76,6 +114,12 @@ class Settings:
             workers=_int("WORKERS", 1),
             access_log=_bool("ACCESS_LOG"),
             trace_predictions=_bool("TRACE_PREDICTIONS"),
+            max_json_bytes=_int("MAX_JSON_BYTES", JSON_BYTES_PER_VALUE * max_values + MIB),
+            # 8 bytes: the widest numeric type (float64, int64) per value.
+            max_binary_bytes=_int("MAX_BINARY_BYTES", 8 * max_values + MIB),
+            max_file_bytes=_int("MAX_FILE_BYTES", 1024 * MIB),
+            max_image_bytes=_int("MAX_IMAGE_BYTES", 20 * MIB),
+            api_key_hashes=_api_key_hashes(),
         )
 
 

@@ -7,12 +7,11 @@ A tensor is nested JSON lists of the input's type (numbers, integers, booleans o
 and rank; inputs of rank 1 or 2 also take a flat list, one value per row. Classifiers add
 "classes": the labels of the probability columns. A request that breaks a rule never
 reaches the model: pydantic turns the InvalidInput raised here into BentoML's 400 with a
-message that says which value was wrong and why.
+message that says which value was wrong and why. (Guards before this: guards.py.)
 """
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import numpy as np
@@ -178,44 +177,3 @@ def responder(sig: Signature, tag: str, model: type[BaseModel]) -> Any:
     return lambda out: model.model_construct(
         outputs={k: to_json(v, flat[k]) for k, v in out.items()}, model=tag, **extra
     )
-
-
-# Which media type each route accepts. BentoML would otherwise parse any body as JSON.
-ROUTE_MEDIA_TYPES = {
-    "/predict": "application/json",
-    "/predict_batched": "application/json",
-    "/predict_file": "multipart/form-data",
-    "/predict_image": "multipart/form-data",
-    "/predict_binary": "application/octet-stream",
-}
-
-
-class ContentTypeGuard:
-    """ASGI middleware: answer 415 when a POST's Content-Type doesn't fit its route."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            wanted = ROUTE_MEDIA_TYPES.get(scope["path"].rstrip("/") or "/")
-            if wanted is not None:
-                header = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
-                got = header.split(";")[0].strip().lower()
-                if got != wanted:
-                    body = json.dumps(
-                        {"error": f"Content-Type must be {wanted}, got {got or 'none'}"}
-                    ).encode()
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": 415,
-                            "headers": [
-                                (b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                            ],
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": body})
-                    return
-        await self.app(scope, receive, send)

@@ -1,0 +1,156 @@
+"""ASGI middleware that guards the service before a request reaches it: API keys, the media
+type each route takes, and body sizes. Each answers with a JSON `{"error": ...}` that names
+the rule and its setting; probes and /metrics stay open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from .config import Settings
+
+# Open to everyone, whatever else is configured: orchestrators and scrapers call them.
+OPEN_PATHS = frozenset(
+    {"/livez", "/readyz", "/healthz", "/metrics", "/v2/health/live", "/v2/health/ready"}
+)
+# ...and the API document, so the Swagger UI loads (it can't call anything without a key).
+DOC_PATHS = frozenset({"/", "/docs.json"})
+
+# Which media type each route accepts. BentoML would otherwise parse any body as JSON.
+ROUTE_MEDIA_TYPES = {
+    "/predict": "application/json",
+    "/predict_batched": "application/json",
+    "/predict_file": "multipart/form-data",
+    "/predict_image": "multipart/form-data",
+    "/predict_binary": "application/octet-stream",
+}
+
+
+async def reply(
+    send: Any, status: int, message: str, headers: dict[str, str] | None = None
+) -> None:
+    """Send a whole JSON error response."""
+    body = json.dumps({"error": message}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def header(scope: dict, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class ApiKeyGuard:
+    """401 unless the request carries an accepted key: `Authorization: Bearer KEY` or
+    `X-API-Key: KEY`. Keys are compared as SHA-256 digests in constant time and never logged."""
+
+    def __init__(self, app: Any, hashes: tuple[str, ...]) -> None:
+        self.app, self.hashes = app, [bytes.fromhex(h) for h in hashes]
+
+    def accepts(self, scope: dict) -> bool:
+        given = header(scope, b"x-api-key")
+        auth = header(scope, b"authorization")
+        if given is None and auth and auth[:7].lower() == "bearer ":
+            given = auth[7:].strip()
+        if not given:
+            return False
+        digest = hashlib.sha256(given.encode("utf-8", "replace")).digest()
+        # Compare with every key, so the time taken says nothing about which one is close.
+        return sum(hmac.compare_digest(digest, h) for h in self.hashes) > 0
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or path in OPEN_PATHS
+            or path in DOC_PATHS
+            or self.accepts(scope)
+        ):
+            return await self.app(scope, receive, send)
+        await reply(
+            send,
+            401,
+            "missing or wrong API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+            {"WWW-Authenticate": "Bearer"},
+        )
+
+
+class ContentTypeGuard:
+    """415 when a POST's Content-Type doesn't fit its route."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            wanted = ROUTE_MEDIA_TYPES.get(scope["path"].rstrip("/") or "/")
+            if wanted is not None:
+                got = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
+                if got != wanted:
+                    message = f"Content-Type must be {wanted}, got {got or 'none'}"
+                    return await reply(send, 415, message)
+        await self.app(scope, receive, send)
+
+
+class BodyTooLarge(Exception):
+    """Raised into the app when a body without Content-Length streams past its limit."""
+
+
+class BodyLimit:
+    """413 for a body past its route's limit: at once from Content-Length, without reading
+    it; or, for a body sent without one (chunked), as soon as the count passes the limit,
+    so memory and disk never hold more than the limit."""
+
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app = app
+        json_limit = (settings.max_json_bytes, "MAX_JSON_BYTES")
+        self.limits = {
+            "/predict": json_limit,
+            "/predict_batched": json_limit,
+            "/predict_binary": (settings.max_binary_bytes, "MAX_BINARY_BYTES"),
+            "/predict_file": (settings.max_file_bytes, "MAX_FILE_BYTES"),
+            "/predict_image": (settings.max_image_bytes, "MAX_IMAGE_BYTES"),
+        }
+        # V2 infer takes JSON or a JSON header plus binary tensors: the larger limit.
+        self.default = max(json_limit, (settings.max_binary_bytes, "MAX_BINARY_BYTES"))
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        limit, setting = self.limits.get(path.rstrip("/"), self.default)
+        message = f"the body is larger than {path} takes: at most {limit:,} bytes ({setting})"
+        length = header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await reply(send, 413, message)
+        seen, over, started = 0, False, False
+
+        async def counted() -> dict:
+            nonlocal seen, over
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > limit:
+                over = True
+                raise BodyTooLarge(message)
+            return msg
+
+        async def watched(msg: dict) -> None:
+            nonlocal started
+            if over:
+                return  # whatever the app makes of the exception, the answer is 413
+            started = True
+            await send(msg)
+
+        # The app may let the exception out, or turn it into an error of its own.
+        with contextlib.suppress(BodyTooLarge):
+            await self.app(scope, counted, watched)
+        if over and not started:
+            await reply(send, 413, message)
