@@ -11,7 +11,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 # BentoML would otherwise ask a remote service about usage tracking.
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: venv model serve test lint image run-image load-test load-test-image bench fixtures clean
+.PHONY: venv model serve test lint image run-image load-test load-test-image bench fixtures fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -49,6 +49,10 @@ load-test-image: venv
 
 bench: model
 	bash benchmarks/run.sh
+
+# The fuzzing tests, far longer than `make test` runs them (2,000 examples per property).
+fuzz: model
+	HYPOTHESIS_PROFILE=long $(BIN)/pytest tests/test_fuzz.py
 
 # Remake the test models with the exporters users use (PyTorch, scikit-learn + skl2onnx).
 # Not part of `make test`: the models and their expected outputs are committed.

@@ -15,15 +15,14 @@ Data flows one way: HTTP body -> validation (onnx_serving.validation, .tensors, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import bentoml
-from pydantic import WrapValidator
 
 from onnx_serving import model_store
 from onnx_serving.config import settings
 from onnx_serving.feeds import BatchPredictions, Feeds
-from onnx_serving.guards import ApiKeyGuard, BodyLimit, ContentTypeGuard
+from onnx_serving.guards import ApiKeyGuard, BodyLimit, ContentTypeGuard, JsonNotFound
+from onnx_serving.openapi import CompleteDocs
 from onnx_serving.routes import app as plain_routes
 from onnx_serving.tensors import InvalidInput
 from onnx_serving.validation import request_model, responder, response_model
@@ -32,7 +31,7 @@ with bentoml.importing():
     from bentoml._internal.context import server_context
     from starlette.responses import JSONResponse
 
-    from onnx_serving.batch_files import predict_file, spool_upload
+    from onnx_serving.batch_files import FileRequest, predict_file
     from onnx_serving.runner import ModelRunner
 
 model_store.use_project_store()
@@ -54,7 +53,6 @@ BatchedRequest = request_model(
     SIGNATURE, SETTINGS.max_values, SETTINGS.batch_max_size, "BATCH_MAX_SIZE"
 )
 PredictResponse = response_model(SIGNATURE)
-UploadedFile = Annotated[Path, WrapValidator(spool_upload)]
 
 
 @bentoml.asgi_app(plain_routes, path="/")
@@ -100,8 +98,8 @@ class OnnxModelService:
         """
         return BatchPredictions(self.model.run(feeds), self.respond)
 
-    @bentoml.api
-    def predict_file(self, file: UploadedFile) -> Path:
+    @bentoml.api(input_spec=FileRequest)
+    def predict_file(self, file: Path) -> Path:
         """Batch inference on a CSV (columns named in /metadata's signature) or a .npy file."""
         # Sync: BentoML runs it in a worker thread, so the event loop keeps serving.
         try:
@@ -113,7 +111,9 @@ class OnnxModelService:
 
 
 # Outermost first: who may call, then what they send.
+OnnxModelService.add_asgi_middleware(JsonNotFound)
 if SETTINGS.api_key_hashes:
     OnnxModelService.add_asgi_middleware(ApiKeyGuard, hashes=SETTINGS.api_key_hashes)
 OnnxModelService.add_asgi_middleware(ContentTypeGuard)
 OnnxModelService.add_asgi_middleware(BodyLimit, settings=SETTINGS)
+OnnxModelService.add_asgi_middleware(CompleteDocs)

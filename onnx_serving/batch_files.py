@@ -20,9 +20,11 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Annotated, Any, BinaryIO
 
 import numpy as np
+from _bentoml_sdk.io_models import IODescriptor
+from pydantic import ValidationError, WrapValidator
 
 from .feeds import Feeds
 from .signature import Signature
@@ -55,6 +57,28 @@ def spool_upload(value: Any, handler: Callable[[Any], Path]) -> Path:
         value.file.seek(0)
         shutil.copyfileobj(value.file, out, 1 << 20)
     return Path(out.name)
+
+
+class FileRequest(IODescriptor):
+    """/predict_file's body: one uploaded file, spooled to disk by `spool_upload`."""
+
+    file: Annotated[Path, WrapValidator(spool_upload)]
+
+    @classmethod
+    async def from_http_request(cls, request: Any, serde: Any) -> IODescriptor:
+        # Starlette reports a malformed multipart body as an HTTPException(400) (or a
+        # MultiPartException), which BentoML 1.4.39 answers with a 500: make it the 400
+        # validation error it is.
+        from starlette.exceptions import HTTPException
+        from starlette.formparsers import MultiPartException
+
+        try:
+            return await super().from_http_request(request, serde)
+        except (MultiPartException, HTTPException) as exc:
+            reason = getattr(exc, "detail", None) or getattr(exc, "message", str(exc))
+            error = {"type": "value_error", "loc": ("file",), "input": None}
+            error["ctx"] = {"error": ValueError(f"not a readable multipart body: {reason}")}
+            raise ValidationError.from_exception_data(cls.__name__, [error]) from None
 
 
 def predict_file(src: Path, dest_dir: Path, sig: Signature, run: Run, chunk_rows: int) -> Path:
@@ -142,7 +166,10 @@ def _read_header(f: BinaryIO, sig: Signature) -> tuple[bytes, list[str]]:
         text = line.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidInput("the file is neither a .npy file nor UTF-8 CSV text") from None
-    columns = next(csv.reader([text]), [])
+    try:
+        columns = next(csv.reader([text]), [])
+    except csv.Error as exc:  # a stray carriage return, say
+        raise InvalidInput(f"the CSV header can't be read: {exc}") from None
     if not columns or not text.strip():
         raise InvalidInput(
             f"the CSV has no header line; it needs one with the column(s) {list(sig.columns)}"
@@ -166,12 +193,16 @@ def _fields(lines: list[bytes], cols: list[int], ncols: int, first_line: int) ->
     # Slow path, only for chunks with quotes or a ragged line: the csv module, and the culprit.
     text = io.StringIO(b"".join(lines).decode("utf-8", errors="replace"))
     rows = []
-    for i, row in enumerate(csv.reader(text)):
-        if len(row) != ncols:
-            raise InvalidInput(
-                f"CSV line {first_line + i} has {len(row)} fields, the header has {ncols}"
-            )
-        rows.append([row[c].encode() for c in cols])
+    reader = csv.reader(text)
+    try:
+        for i, row in enumerate(reader):
+            if len(row) != ncols:
+                raise InvalidInput(
+                    f"CSV line {first_line + i} has {len(row)} fields, the header has {ncols}"
+                )
+            rows.append([row[c].encode() for c in cols])
+    except csv.Error as exc:  # a stray carriage return, an unclosed quote...
+        raise InvalidInput(f"CSV near line {first_line + reader.line_num}: {exc}") from None
     return [np.array([r[j] for r in rows]) for j in range(len(cols))]
 
 

@@ -84,7 +84,8 @@ class ApiKeyGuard:
 
 
 class ContentTypeGuard:
-    """415 when a POST's Content-Type doesn't fit its route."""
+    """415 when a POST's Content-Type doesn't fit its route; 400 for multipart without the
+    boundary that separates its parts (the form parser would fail on it)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -93,10 +94,14 @@ class ContentTypeGuard:
         if scope["type"] == "http" and scope["method"] == "POST":
             wanted = ROUTE_MEDIA_TYPES.get(scope["path"].rstrip("/") or "/")
             if wanted is not None:
-                got = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
+                full = header(scope, b"content-type") or ""
+                got = full.split(";")[0].strip().lower()
                 if got != wanted:
                     message = f"Content-Type must be {wanted}, got {got or 'none'}"
                     return await reply(send, 415, message)
+                if got == "multipart/form-data" and "boundary=" not in full.lower():
+                    message = "Content-Type multipart/form-data needs its boundary parameter"
+                    return await reply(send, 400, message)
         await self.app(scope, receive, send)
 
 
@@ -154,3 +159,31 @@ class BodyLimit:
             await self.app(scope, counted, watched)
         if over and not started:
             await reply(send, 413, message)
+
+
+class JsonNotFound:
+    """Paths (or methods) no route takes get Starlette's plain-text 404/405 from BentoML's
+    router; send them as JSON, like every other error."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 0
+
+        async def rewrite(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                plain = (b"content-type", b"text/plain; charset=utf-8") in message["headers"]
+                if message["status"] in (404, 405) and plain:
+                    status = message["status"]
+                    return
+            elif status:
+                where = f"{scope['method']} {scope['path']}"
+                what = "no route for" if status == 404 else "method not allowed:"
+                return await reply(send, status, f"{what} {where}; the API is at /docs.json")
+            await send(message)
+
+        await self.app(scope, receive, rewrite)

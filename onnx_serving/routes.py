@@ -12,6 +12,7 @@ import numpy as np
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from . import images, v2
@@ -26,9 +27,16 @@ app.include_router(v2.router)
 
 @app.exception_handler(RequestValidationError)
 async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    return JSONResponse({"error": f"{where}: {first['msg']}", "detail": exc.errors()}, 400)
+    # `ctx` may hold the exception itself, which JSON can't carry.
+    detail = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()]
+    where = ".".join(str(p) for p in detail[0]["loc"])
+    return JSONResponse({"error": f"{where}: {detail[0]['msg']}", "detail": detail}, 400)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # FastAPI's own errors (an unparsable multipart body, say) in the one error format.
+    return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
 
 @app.exception_handler(InvalidInput)

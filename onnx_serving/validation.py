@@ -52,6 +52,9 @@ def json_type(spec: TensorSpec) -> Any:
 def tensor_schema(spec: TensorSpec, description: str) -> dict[str, Any]:
     """JSON schema of an output: arrays as deep as its rank (a [rows, 1] column is flat)."""
     schema: dict[str, Any] = {"type": JSON_TYPES[spec.dtype.kind]}
+    if spec.dtype.kind == "f":
+        # JSON has no NaN or infinity: such outputs (2x of 3e38, say) are written null.
+        schema["nullable"] = True
     for _ in range(1 if spec.is_column else max(spec.rank, 1)):
         schema = {"type": "array", "items": schema}
     return {**schema, "description": f"{description} {spec.datatype} {list(spec.shape)}"}
@@ -116,6 +119,7 @@ def request_model(
                 f"{spec.name!r} ({spec.datatype} {list(spec.shape)}): nested lists, or for "
                 "shape [rows] or [rows, n] a flat list of one value per row.",
                 examples=[[1.0, 2.0, 3.5]] if spec.dtype.kind == "f" else None,
+                json_schema_extra={"minItems": 1},
             ),
         ]
     else:
@@ -128,7 +132,11 @@ def request_model(
                     Annotated[
                         json_type(s),
                         AfterValidator(decode(s, f"inputs.{s.name}")),
-                        Field(alias=s.name, description=f"{s.datatype} {list(s.shape)}"),
+                        Field(
+                            alias=s.name,
+                            description=f"{s.datatype} {list(s.shape)}",
+                            json_schema_extra={"minItems": 1},
+                        ),
                     ],
                     ...,
                 )
