@@ -18,10 +18,11 @@ from pathlib import Path
 
 import bentoml
 
-from onnx_serving import model_store
+from onnx_serving import model_store, read_timeouts
 from onnx_serving.config import settings
+from onnx_serving.drain import DRAINER, DrainMiddleware
 from onnx_serving.feeds import BatchPredictions, Feeds
-from onnx_serving.guards import ApiKeyGuard, BodyLimit, ContentTypeGuard, JsonNotFound
+from onnx_serving.guards import ApiKeyGuard, BodyLimit, ContentTypeGuard, JsonNotFound, Overload
 from onnx_serving.openapi import CompleteDocs
 from onnx_serving.routes import app as plain_routes
 from onnx_serving.tensors import InvalidInput
@@ -35,6 +36,8 @@ with bentoml.importing():
     from onnx_serving.runner import ModelRunner
 
 model_store.use_project_store()
+# Header and body read timeouts uvicorn lacks (HTTP_HEADER_TIMEOUT, HTTP_BODY_TIMEOUT).
+read_timeouts.install()
 SETTINGS = settings()
 # Resolve and check the model here, in the `bentoml serve` process itself: a missing model
 # or a hash mismatch then stops the command at once, instead of a worker failing at start
@@ -76,6 +79,15 @@ class OnnxModelService:
         self.model = self.runner.load(STORED)
         self.respond = responder(SIGNATURE, self.model.tag, PredictResponse)
 
+    @bentoml.on_startup
+    async def install_drain(self) -> None:
+        # Runs in the worker's event loop inside uvicorn's serve(): SIGTERM starts a drain.
+        DRAINER.install()
+
+    async def __is_ready__(self) -> bool:
+        # /readyz answers 503 while the worker drains after SIGTERM.
+        return not DRAINER.draining
+
     @bentoml.api(input_spec=PredictRequest, output_spec=PredictResponse)
     async def predict(self, feeds: Feeds) -> PredictResponse:
         """Real-time prediction: rows in, predictions out, in the same order."""
@@ -110,7 +122,14 @@ class OnnxModelService:
             return JSONResponse({"error": str(exc)}, status_code=400)
 
 
-# Outermost first: who may call, then what they send.
+# Outermost first: the drain's Connection: close, shed load, who may call, what they send.
+OnnxModelService.add_asgi_middleware(DrainMiddleware)
+OnnxModelService.add_asgi_middleware(
+    Overload,
+    max_queue_ms=SETTINGS.max_queue_ms,
+    max_in_flight=SETTINGS.max_in_flight,
+    retry_after_s=SETTINGS.retry_after_s,
+)
 OnnxModelService.add_asgi_middleware(JsonNotFound)
 if SETTINGS.api_key_hashes:
     OnnxModelService.add_asgi_middleware(ApiKeyGuard, hashes=SETTINGS.api_key_hashes)

@@ -12,6 +12,9 @@ targets.py; a run that misses one exits non-zero.
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from locust import FastHttpUser, task
 from locust.contrib.fasthttp import ResponseContextManager
 from payloads import (
@@ -23,6 +26,8 @@ from payloads import (
     random_values,
 )
 from targets import paced
+
+REFUSED = "/predict [refused]"  # the name load_tests/overload.py reads refusals by
 
 # Built once per process: the load generator should spend its CPU on requests, not on payloads.
 BATCH_1K = JsonBatch(1_000)
@@ -98,6 +103,39 @@ class FileUser(ServiceUser):
     @task
     def predict_csv(self) -> None:
         self.predict_file(CSV_1K, "/predict_file [1k-row CSV]")
+
+
+def overload_wait(user: Any) -> float:
+    """Back to back while the overload shape overloads, except after a refusal: then wait what
+    its Retry-After asks, as a well-behaved client does. At --user-rps once it calms down."""
+    shape = user.environment.shape_class
+    if shape is not None and hasattr(shape, "phase") and shape.phase() != "overload":
+        return paced(user)
+    return max(0.0, user.retry_at - time.monotonic())
+
+
+class OverloadUser(ServiceUser):
+    """For SHAPE=overload (load_tests/overload.py): /predict, one value. A 503 that carries
+    Retry-After and a JSON reason is the service shedding load as designed: counted as
+    "/predict [refused]", not as a failure; any other error fails."""
+
+    wait_time = overload_wait
+    retry_at = 0.0
+
+    @task
+    def predict_one(self) -> None:
+        x = random_values(1)
+        with self.client.post("/predict", json={"x": x}, catch_response=True) as resp:
+            if resp.status_code != 503:
+                _verdict(resp, check_json_body(resp.content, x) if resp.ok else None)
+                return
+            resp.request_meta["name"] = REFUSED
+            retry_after = resp.headers.get("Retry-After", "")
+            if retry_after.isdigit() and b'"error"' in (resp.content or b""):
+                self.retry_at = time.monotonic() + int(retry_after)
+                resp.success()
+            else:
+                resp.failure("503 without Retry-After or a JSON reason")
 
 
 class MixedUser(ServiceUser):

@@ -5,7 +5,7 @@
 #   load_tests/run.sh serve [LOCUST ARGS...]   start `bentoml serve` on a free port (or use HOST)
 #   load_tests/run.sh image [LOCUST ARGS...]   the container of `make run-image` (HOST or PORT)
 #
-# Environment: HOST, PORT, RUN_TIME (30s; 90s for SHAPE=step), SHAPE (steady|step),
+# Environment: HOST, PORT, RUN_TIME (30s; 90s for SHAPE=step), SHAPE (steady|step|overload),
 # WORKERS (N local Locust worker processes), LOCUST_USER_CLASSES (MixedUser), REPORT_DIR,
 # and any LOCUST_* option, e.g. LOCUST_USERS=50 or LOCUST_P95_MS=5 (targets: see targets.py).
 set -euo pipefail
@@ -39,12 +39,16 @@ LOCUSTFILES="load_tests/locustfile.py"
 case "$SHAPE" in
   steady) RUN_TIME="${RUN_TIME:-30s}" ;;
   step) RUN_TIME="${RUN_TIME:-90s}"; LOCUSTFILES+=",load_tests/step_ramp.py" ;;
-  *) echo "SHAPE must be steady or step, got '$SHAPE'" >&2; exit 2 ;;
+  # The shape ends the run itself (overload, then calm); RUN_TIME only bounds it.
+  overload)
+    RUN_TIME="${RUN_TIME:-60s}"; LOCUSTFILES+=",load_tests/overload.py"
+    export LOCUST_USER_CLASSES="${LOCUST_USER_CLASSES:-OverloadUser}" ;;
+  *) echo "SHAPE must be steady, step or overload, got '$SHAPE'" >&2; exit 2 ;;
 esac
 export LOCUST_USER_CLASSES="${LOCUST_USER_CLASSES:-MixedUser}"
 
 STAMP="$(date +%Y%m%d-%H%M%S)"
-SUFFIX="$MODE$([[ "$SHAPE" == step ]] && echo -step || true)"
+SUFFIX="$MODE$([[ "$SHAPE" != steady ]] && echo "-$SHAPE" || true)"
 REPORT_DIR="${REPORT_DIR:-$ROOT/reports/load/$STAMP-$SUFFIX}"
 mkdir -p "$REPORT_DIR"
 

@@ -28,6 +28,19 @@ def _int(name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
+def _float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum:g}, got {value:g}")
+    return value
+
+
 def _bool(name: str) -> bool:
     raw = os.environ.get(name, "").strip().lower()
     if raw in ("", "0", "false", "no", "off"):
@@ -92,6 +105,17 @@ class Settings:
     max_binary_bytes: int
     max_file_bytes: int
     max_image_bytes: int
+    # Overload: refuse (503, Retry-After) rather than queue past these (guards.Overload).
+    max_queue_ms: int
+    max_in_flight: int
+    retry_after_s: int
+    # SIGTERM: keep serving (Connection: close, /readyz 503) this long, then stop listening
+    # and give open connections this long to get their last answer (drain.py).
+    drain_seconds: float
+    drain_close_grace_s: float
+    # Connections that don't send their headers (or a body stalls) this long get a 408.
+    http_header_timeout_s: float
+    http_body_timeout_s: float
     # SHA-256 digests of the accepted API keys; empty: no authentication. Never the keys.
     api_key_hashes: tuple[str, ...] = field(default=(), repr=False)
 
@@ -119,6 +143,13 @@ class Settings:
             max_binary_bytes=_int("MAX_BINARY_BYTES", 8 * max_values + MIB),
             max_file_bytes=_int("MAX_FILE_BYTES", 1024 * MIB),
             max_image_bytes=_int("MAX_IMAGE_BYTES", 20 * MIB),
+            max_queue_ms=_int("MAX_QUEUE_MS", 50),
+            max_in_flight=_int("MAX_IN_FLIGHT", 256),
+            retry_after_s=_int("RETRY_AFTER_S", 1),
+            drain_seconds=_float("DRAIN_SECONDS", 1.0),
+            drain_close_grace_s=_float("DRAIN_CLOSE_GRACE_S", 3.0),
+            http_header_timeout_s=_float("HTTP_HEADER_TIMEOUT", 10.0),
+            http_body_timeout_s=_float("HTTP_BODY_TIMEOUT", 30.0),
             api_key_hashes=_api_key_hashes(),
         )
 
