@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 import time
-from collections import deque
 from typing import Any
 
 from .config import Settings
@@ -195,26 +194,29 @@ class JsonNotFound:
 class Overload:
     """Shed load fast instead of queueing it: 503, a JSON error and `Retry-After`.
 
-    A prediction request (any POST) is refused at once when the worker's event loop runs
-    more than `max_queue_ms` behind (requests wait in its queue before they run: that wait
-    is what a client sees as latency), or when `max_in_flight` requests are already inside
-    (batched requests waiting for their batch, files, images). The lag is measured by a
-    ticker that asks to wake every 10 ms and notes how late it woke; as in CoDel, the
-    *smallest* lag of the last few ticks decides, so one large request that held the loop
-    for a moment sheds nothing, while a queue that stays long does. Probes, /metrics and
-    every GET stay open. Adaptive batching's own 503 (a request that would miss
-    BATCH_MAX_LATENCY_MS) gets the same body and header.
+    A prediction request (any POST) is refused at once when the worker's event loop has
+    run more than `max_queue_ms` behind for the last 100 ms (requests wait in its queue
+    before they run: that wait is what a client sees as latency), or when `max_in_flight`
+    requests are already inside (batched requests waiting for their batch, files, images).
+    The lag is measured by a ticker that asks to wake every 10 ms and notes how late it
+    woke. As in CoDel, only a lag that stays above the target sheds: one large request or a
+    pause of the machine that held the loop for a moment sheds nothing, and shedding stops
+    at the first tick back under the target. Probes, /metrics and every GET stay open.
+    Adaptive batching's own 503 (a request that would miss BATCH_MAX_LATENCY_MS) gets the
+    same body and header.
     """
 
     TICK_S = 0.010
-    WINDOW = 5  # ticks: about 50 ms when the loop keeps up
+    INTERVAL_S = 0.100
 
     def __init__(self, app: Any, max_queue_ms: int, max_in_flight: int, retry_after_s: int) -> None:
         self.app = app
         self.max_lag_s = max_queue_ms / 1000
         self.max_queue_ms, self.max_in_flight = max_queue_ms, max_in_flight
         self.retry = {"Retry-After": str(retry_after_s)}
-        self.lags: deque[float] = deque([0.0], maxlen=self.WINDOW)
+        self.lag_s = 0.0  # the latest tick's lag
+        self.above_since: float | None = None  # when the lag went (and stayed) above target
+        self.shedding = False
         self.in_flight = 0
         self._ticker: asyncio.Task | None = None
 
@@ -222,13 +224,20 @@ class Overload:
         while True:
             started = time.perf_counter()
             await asyncio.sleep(self.TICK_S)
-            self.lags.append(max(0.0, time.perf_counter() - started - self.TICK_S))
+            now = time.perf_counter()
+            self.lag_s = max(0.0, now - started - self.TICK_S)
+            if self.lag_s <= self.max_lag_s:
+                self.above_since, self.shedding = None, False
+                continue
+            # The lag is above target: since this tick's wait began, at the latest.
+            if self.above_since is None:
+                self.above_since = started
+            self.shedding = now - self.above_since >= self.INTERVAL_S
 
     def refusal(self) -> str | None:
-        lag = min(self.lags)
-        if lag > self.max_lag_s:
+        if self.shedding:
             return (
-                f"overloaded: requests wait {lag * 1000:.0f} ms to start, more than "
+                f"overloaded: requests wait {self.lag_s * 1000:.0f} ms to start, more than "
                 f"MAX_QUEUE_MS={self.max_queue_ms}; retry later"
             )
         if self.in_flight >= self.max_in_flight:
