@@ -12,6 +12,7 @@ targets.py; a run that misses one exits non-zero.
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -107,7 +108,8 @@ class FileUser(ServiceUser):
 
 def overload_wait(user: Any) -> float:
     """Back to back while the overload shape overloads, except after a refusal: then wait what
-    its Retry-After asks, as a well-behaved client does. At --user-rps once it calms down."""
+    its Retry-After asks (plus jitter), as a well-behaved client does. At --user-rps once it
+    calms down."""
     shape = user.environment.shape_class
     if shape is not None and hasattr(shape, "phase") and shape.phase() != "overload":
         return paced(user)
@@ -132,7 +134,8 @@ class OverloadUser(ServiceUser):
             resp.request_meta["name"] = REFUSED
             retry_after = resp.headers.get("Retry-After", "")
             if retry_after.isdigit() and b'"error"' in (resp.content or b""):
-                self.retry_at = time.monotonic() + int(retry_after)
+                # Jitter, as well-behaved clients add: refused together, back not together.
+                self.retry_at = time.monotonic() + int(retry_after) * random.uniform(1.0, 1.5)
                 resp.success()
             else:
                 resp.failure("503 without Retry-After or a JSON reason")
