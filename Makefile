@@ -11,16 +11,63 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 # BentoML would otherwise ask a remote service about usage tracking.
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: venv model serve test lint image run-image load-test load-test-image bench fixtures fuzz clean
+.PHONY: venv model serve test lint image run-image load-test load-test-image bench fixtures fuzz lock lock-upgrade lock-check sbom sbom-lock audit clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The run-time packages come from requirements.lock with their hashes; the project and its
+# dev tools are then installed with every locked package held at its pin.
+LOCK_PINS = <(grep -E '^[A-Za-z0-9]' requirements.lock | sed 's/ .*//')
+
+$(VENV)/.installed: pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet -e '.[train,dev]' -c $(LOCK_PINS)
 	@touch $@
+
+# requirements.lock: pyproject.toml's run-time dependencies and all of theirs, pinned with the
+# SHA-256 of every file PyPI has for each version. The bento (and so the image) installs exactly it.
+LOCK_FLAGS = pyproject.toml --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-unknown-linux-gnu --custom-compile-command "make lock"
+
+# Rewrites requirements.lock only when it changes (its mtime triggers a venv reinstall).
+lock lock-upgrade: venv
+	@tmp=$$(mktemp) && cp requirements.lock $$tmp && \
+	$(BIN)/uv pip compile $(LOCK_FLAGS) $(if $(filter lock-upgrade,$@),--upgrade) --quiet -o $$tmp && \
+	{ cmp -s $$tmp requirements.lock && echo "requirements.lock unchanged" || \
+	  { cp $$tmp requirements.lock && echo "requirements.lock updated"; }; }; rm -f $$tmp
+
+# Fails if pyproject.toml's dependencies changed without `make lock` (keeps the lock's pins;
+# needs PyPI).
+lock-check: venv
+	@tmp=$$(mktemp) && cp requirements.lock $$tmp && \
+	$(BIN)/uv pip compile $(LOCK_FLAGS) --quiet -o $$tmp && \
+	{ diff -u requirements.lock $$tmp && rm -f $$tmp && echo "requirements.lock is up to date"; } || \
+	{ rm -f $$tmp; echo "requirements.lock is stale: run make lock" >&2; exit 1; }
+
+# CycloneDX JSON SBOM of the Python packages inside an image (make image writes one beside
+# every image it builds, in dist/images/); IMAGE=... for another.
+IMAGE ?= onnx_model:latest
+sbom: venv
+	bash scripts/sbom.sh $(IMAGE) reports/sbom.cdx.json
+
+# Without an image: the SBOM of requirements.lock itself (hashes, no licenses or graph).
+sbom-lock: venv
+	mkdir -p reports
+	$(BIN)/cyclonedx-py requirements --output-reproducible -o reports/sbom-lock.cdx.json requirements.lock
+
+# Needs a vulnerability service (api.osv.dev); says so if none answers. --strict: a package
+# the service could not look up fails the audit instead of being skipped.
+audit: venv
+	@err=$$(mktemp); rc=0; \
+	$(BIN)/pip-audit -r requirements.lock --disable-pip --strict -s osv --timeout 15 \
+		--progress-spinner off 2>$$err || rc=$$?; \
+	if [ $$rc -ne 0 ] && grep -qE 'ConnectionError|Timeout|NameResolution|could not be audited' $$err; then \
+		tail -n 1 $$err >&2; \
+		echo "make audit: no vulnerability service reachable: nothing was audited" >&2; rc=2; \
+	else cat $$err >&2; fi; rm -f $$err; exit $$rc
 
 model: venv
 	$(BIN)/python train_and_save.py --if-missing
@@ -57,7 +104,7 @@ fuzz: model
 # Remake the test models with the exporters users use (PyTorch, scikit-learn + skl2onnx).
 # Not part of `make test`: the models and their expected outputs are committed.
 fixtures: venv
-	$(BIN)/pip install --quiet -e '.[dev,fixtures]'
+	$(BIN)/pip install --quiet -e '.[train,dev,fixtures]' -c $(LOCK_PINS)
 	$(BIN)/python tests/fixtures/make_models.py
 
 clean:

@@ -10,6 +10,7 @@
 # Dockerfile template, the model tag and SHA-256, the base image and the git revision the
 # image is labelled with: different code, model, base or commit never share a tag, and
 # rebuilding the same commit reuses the image.
+# Beside each image: dist/images/<name>-<version>.sbom.cdx.json (scripts/sbom.sh).
 # The last line printed is the immutable image reference.
 set -euo pipefail
 
@@ -85,7 +86,8 @@ for root, dirs, files in os.walk("."):
         path = os.path.relpath(os.path.join(root, name), ".")
         if specs.includes(path):
             digest.update(path.encode() + b"\0" + open(path, "rb").read() + b"\0")
-for path in (bentofile, config.docker.dockerfile_template):
+# The lock the image installs from (python.requirements_txt) is outside `include`.
+for path in (bentofile, config.docker.dockerfile_template, config.python.requirements_txt):
     digest.update(open(path, "rb").read() + b"\0")
 refs = {m.tag for m in config.models} | {settings().model_ref}
 models = sorted({str(bentoml.models.get(ref).tag) for ref in refs})
@@ -108,10 +110,13 @@ PY
 )"
 NAME=onnx_model
 IMAGE=$NAME:$BENTO_VERSION
+# Shipped beside each image: the CycloneDX SBOM of its Python packages.
+SBOM=$ROOT/dist/images/$NAME-$BENTO_VERSION.sbom.cdx.json
 
 if [ "${FORCE:-0}" != 1 ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
     log "$IMAGE exists (same code, model, base and git revision): reusing it; FORCE=1 rebuilds"
     docker tag "$IMAGE" "$NAME:latest"
+    [ -f "$SBOM" ] || bash scripts/sbom.sh "$IMAGE" "$SBOM"
     echo "$IMAGE"
     exit 0
 fi
@@ -147,6 +152,7 @@ created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
     exit 1
 }
 
+bash scripts/sbom.sh "$IMAGE" "$SBOM"
 size=$(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')
 log "built $IMAGE and $NAME:latest ($size) in $((SECONDS - started)) s"
 log "run it: make run-image   or   docker run --rm -p 3000:3000 $IMAGE"

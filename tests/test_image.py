@@ -124,6 +124,30 @@ def test_no_compilers_git_caches_or_onnx(built_image: BuiltImage) -> None:
     assert found == "", f"the image should not contain: {found}"
 
 
+def normalized(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def test_sbom_beside_the_image_lists_exactly_its_packages(built_image: BuiltImage) -> None:
+    sbom = ROOT / "dist" / "images" / f"{built_image.ref.replace(':', '-')}.sbom.cdx.json"
+    doc = json.loads(sbom.read_text())
+    assert doc["bomFormat"] == "CycloneDX" and doc["specVersion"].startswith("1.")
+    listed = {(normalized(c["name"]), c["version"]) for c in doc["components"]}
+    assert all(c["purl"].startswith("pkg:pypi/") for c in doc["components"])
+    script = (
+        "import importlib.metadata as m, json; "
+        "print(json.dumps([[d.metadata['Name'], d.version] for d in m.distributions()]))"
+    )
+    out = docker("run", "--rm", "--network", "none", "--entrypoint", "/app/.venv/bin/python",
+                 built_image.ref, "-c", script)  # fmt: skip
+    installed = {(normalized(n), v) for n, v in json.loads(out)}
+    assert listed == installed
+    # ...which is exactly the hashed lock the image was built from.
+    lock = (ROOT / "requirements.lock").read_text().splitlines()
+    pins = {tuple(line.split(" ")[0].split("==")) for line in lock if re.match(r"[a-z0-9]", line)}
+    assert {(normalized(n), v) for n, v in pins} == installed
+
+
 def test_image_size(built_image: BuiltImage) -> None:
     size_mb = int(docker("image", "inspect", "-f", "{{.Size}}", built_image.ref)) / 1e6
     FIGURES["image size"] = f"{size_mb:.0f} MB ({built_image.ref})"

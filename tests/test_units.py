@@ -207,3 +207,13 @@ def test_rank_1_models_take_rows_of_one_value() -> None:
     assert request.model_validate_json('{"x": [[1.0], [-2.5]]}').feeds.arrays["v"].shape == (2,)
     with pytest.raises(ValidationError, match="takes 1 feature"):
         request.model_validate_json('{"x": [[1.0, 2.0]]}')
+
+
+def test_no_pickle_anywhere_in_the_product() -> None:
+    """Models are ONNX files and data is JSON, raw tensors, CSV or .npy without objects."""
+    root = Path(__file__).resolve().parent.parent
+    sources = [root / "service.py", root / "train_and_save.py", *root.glob("onnx_serving/*.py")]
+    for path in sources:
+        text = path.read_text()
+        assert "import pickle" not in text and "allow_pickle=True" not in text, path
+        assert "cloudpickle" not in text and "joblib" not in text, path
