@@ -11,7 +11,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 # BentoML would otherwise ask a remote service about usage tracking.
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: venv model serve test lint image run-image load-test load-test-image bench fixtures fuzz lock lock-upgrade lock-check sbom sbom-lock audit clean
+.PHONY: venv model serve test lint image run-image load-test load-test-image bench fixtures fuzz soak lock lock-upgrade lock-check sbom sbom-lock audit clean
 
 venv: $(VENV)/.installed
 
@@ -96,6 +96,11 @@ load-test-image: venv
 
 bench: model
 	bash benchmarks/run.sh
+
+# About 70 % of capacity for 10 minutes (SOAK_SECONDS): memory must stay flat, nothing fail.
+SOAK_SECONDS ?= 600
+soak: model
+	$(BIN)/python -m load_tests.soak --seconds $(SOAK_SECONDS)
 
 # The fuzzing tests, far longer than `make test` runs them (2,000 examples per property).
 fuzz: model

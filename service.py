@@ -36,7 +36,6 @@ with bentoml.importing():
     from onnx_serving.batch_files import FileRequest, predict_file
     from onnx_serving.runner import ModelRunner
 
-model_store.use_project_store()
 # Header and body read timeouts uvicorn lacks (HTTP_HEADER_TIMEOUT, HTTP_BODY_TIMEOUT).
 read_timeouts.install()
 SETTINGS = settings()

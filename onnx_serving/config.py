@@ -143,7 +143,7 @@ class Settings:
             max_binary_bytes=_int("MAX_BINARY_BYTES", 8 * max_values + MIB),
             max_file_bytes=_int("MAX_FILE_BYTES", 1024 * MIB),
             max_image_bytes=_int("MAX_IMAGE_BYTES", 20 * MIB),
-            max_queue_ms=_int("MAX_QUEUE_MS", 50),
+            max_queue_ms=_int("MAX_QUEUE_MS", 100),
             max_in_flight=_int("MAX_IN_FLIGHT", 256),
             retry_after_s=_int("RETRY_AFTER_S", 1),
             drain_seconds=_float("DRAIN_SECONDS", 1.0),

@@ -32,10 +32,11 @@ class ModelIntegrityError(RuntimeError):
 def use_project_store() -> None:
     """Point BentoML at the project's store unless BENTOML_HOME says otherwise.
 
-    Every entry point calls this before it touches the store, so `train_and_save.py`,
-    `bentoml serve` and `make` agree on one store whether or not they run through make.
-    Only inside a checkout (where train_and_save.py sits beside the package); images set
-    BENTOML_HOME themselves.
+    train_and_save.py calls this before it touches the store, so that it and `make serve`
+    (the Makefile exports the same BENTOML_HOME) agree on one store whether or not it runs
+    through make. Only inside a checkout (where train_and_save.py sits beside the package);
+    images set BENTOML_HOME themselves. (`bentoml serve` resolves its store before it
+    imports service.py, too early for this: run it through make, or export BENTOML_HOME.)
     """
     if (PROJECT_ROOT / "train_and_save.py").is_file():
         os.environ.setdefault("BENTOML_HOME", str(PROJECT_STORE))
