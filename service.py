@@ -19,7 +19,7 @@ from pathlib import Path
 
 import bentoml
 
-from onnx_serving import model_store, read_timeouts
+from onnx_serving import bentoml_fixes, model_store, read_timeouts
 from onnx_serving.config import settings
 from onnx_serving.drain import DRAINER, DrainMiddleware
 from onnx_serving.feeds import BatchPredictions, Feeds
@@ -36,8 +36,10 @@ with bentoml.importing():
     from onnx_serving.batch_files import FileRequest, predict_file
     from onnx_serving.runner import ModelRunner
 
-# Header and body read timeouts uvicorn lacks (HTTP_HEADER_TIMEOUT, HTTP_BODY_TIMEOUT).
+# Header and body read timeouts uvicorn lacks (HTTP_HEADER_TIMEOUT, HTTP_BODY_TIMEOUT), and
+# BentoML's request timeout without its timer leak (onnx_serving/bentoml_fixes.py).
 read_timeouts.install()
+bentoml_fixes.apply()
 SETTINGS = settings()
 # Resolve and check the model here, in the `bentoml serve` process itself: a missing model
 # or a hash mismatch then stops the command at once, instead of a worker failing at start

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import signature
+from .importing import ImportOptions, read_signature
 from .signature import InvalidModel
 
 ONNX_FILENAME = "model.onnx"
@@ -77,7 +78,7 @@ def read_onnx_file(path: Path) -> tuple[bytes, bool]:
         raise InvalidModel(f"cannot read the model's external data beside {path}: {exc}") from None
 
 
-def inspect(onnx_bytes: bytes, options: signature.ImportOptions) -> signature.Signature:
+def inspect(onnx_bytes: bytes, options: ImportOptions) -> signature.Signature:
     """Check the file with onnx.checker, load it in ONNX Runtime, read its signature and run
     it once on the smallest input it declares. InvalidModel says what is wrong."""
     import onnx
@@ -96,7 +97,7 @@ def inspect(onnx_bytes: bytes, options: signature.ImportOptions) -> signature.Si
         )
     except Exception as exc:
         raise InvalidModel(f"ONNX Runtime cannot load the model: {exc}") from None
-    sig = signature.read(proto, session, options)
+    sig = read_signature(proto, session, options)
     try:
         trial_run(LoadedModel("the model", session, sig, {}))
     except RuntimeError as exc:
@@ -109,7 +110,7 @@ def signature_of(stored: Any) -> signature.Signature:
     recorded = stored.info.metadata.get("signature", {})
     if recorded.get("format") == signature.FORMAT:
         return signature.Signature.from_metadata(recorded)
-    return inspect(Path(stored.path_of(ONNX_FILENAME)).read_bytes(), signature.ImportOptions())
+    return inspect(Path(stored.path_of(ONNX_FILENAME)).read_bytes(), ImportOptions())
 
 
 def library_versions() -> dict[str, str]:
@@ -138,7 +139,7 @@ def save(
     version: str | None,
     labels: dict[str, str],
     metadata: dict[str, Any],
-    options: signature.ImportOptions | None = None,
+    options: ImportOptions | None = None,
 ) -> str:
     """Store the ONNX bytes as NAME:VERSION with its signature and hash; return the tag.
 
@@ -148,7 +149,7 @@ def save(
     import bentoml
     from bentoml.exceptions import NotFound
 
-    sig = inspect(onnx_bytes, options or signature.ImportOptions())
+    sig = inspect(onnx_bytes, options or ImportOptions())
     digest = sha256_bytes(onnx_bytes)
     tag = f"{name}:{version or default_version(digest)}"
     try:

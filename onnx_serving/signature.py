@@ -1,15 +1,16 @@
 """What a model takes and gives: named tensors, their types and shapes, the batch dimension,
 class labels, CSV columns and the image recipe.
 
-Read once from the ONNX file when it is imported (`read`), kept in the model's BentoML
-metadata as plain JSON types (`to_metadata`: BentoML refuses None, so an unnamed dynamic
-dimension is written "?"), and rebuilt from there when the service starts (`from_metadata`).
+Read once from the ONNX file when it is imported (importing.read_signature), kept in the
+model's BentoML metadata as plain JSON types (`to_metadata`: BentoML refuses None, so an
+unnamed dynamic dimension is written "?"), and rebuilt from there when the service starts
+(`from_metadata`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,14 +19,6 @@ from .tensors import DTYPES
 
 FORMAT = 2  # metadata written before this module had no "format" key: re-read from the file
 DYNAMIC = "?"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# ai.onnx.ml attributes that carry a classifier's class labels (ZipMap, *Classifier).
-CLASS_LABEL_ATTRIBUTES = (
-    "classlabels_int64s",
-    "classlabels_ints",
-    "classlabels_strings",
-)
 
 
 class InvalidModel(ValueError):
@@ -101,20 +94,6 @@ class ImageRecipe:
     @classmethod
     def from_metadata(cls, d: dict[str, Any]) -> ImageRecipe:
         return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
-
-
-@dataclass(frozen=True)
-class ImportOptions:
-    """What the user says at import that the file can't: see train_and_save.py --help."""
-
-    features: tuple[str, ...] = ()
-    labels: tuple[str, ...] = ()
-    allow_nan: bool = False
-    image_size: tuple[int, int] | None = None
-    image_mean: tuple[float, ...] = IMAGENET_MEAN
-    image_std: tuple[float, ...] = IMAGENET_STD
-    image_channels: str = "RGB"
-    image_scores: str = "logits"
 
 
 @dataclass(frozen=True)
@@ -203,144 +182,6 @@ class Signature:
             opset=d["opset"],
             ir_version=d["ir_version"],
         )
-
-
-# --- reading a model ------------------------------------------------------------------------
-
-
-def _dims(shape: list[Any]) -> tuple[int | str, ...]:
-    # ONNX Runtime reports symbolic dimensions as strings and unnamed ones as None.
-    return tuple(d if isinstance(d, int) else (str(d) if d else DYNAMIC) for d in shape)
-
-
-def _node_classes(proto: Any) -> tuple[int | str, ...]:
-    """Class labels written into the graph by a classifier's converter (ZipMap first)."""
-    from onnx import helper
-
-    nodes = sorted(proto.graph.node, key=lambda n: n.op_type != "ZipMap")
-    for node in nodes:
-        if node.domain != "ai.onnx.ml":
-            continue
-        for attr in node.attribute:
-            if attr.name in CLASS_LABEL_ATTRIBUTES:
-                value = helper.get_attribute_value(attr)
-                return tuple(v.decode() if isinstance(v, bytes) else int(v) for v in value)
-    return ()
-
-
-def _batch(inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> tuple[str, int]:
-    """The batch dimension: the first of every input, if they all agree and the outputs
-    have it too (an output declared with a different static first dimension is not per row;
-    one whose shape the file leaves unknown is taken at its word)."""
-    firsts = {s.shape[0] if s.rank else None for s in inputs}
-    if None in firsts or len(firsts) != 1:
-        return "none", 0
-    (first,) = firsts
-    for o in outputs:
-        if o.is_zipmap or not o.rank:
-            continue
-        if is_static(o.shape[0]) if not is_static(first) else o.shape[0] != first:
-            return "none", 0
-    return ("static", int(first)) if is_static(first) else ("dynamic", 0)
-
-
-def _columns(inputs: tuple[TensorSpec, ...], features: tuple[str, ...]) -> tuple[str, ...]:
-    """CSV columns for the inputs: `features` if given, else x / x_0.. for one input and
-    name / name_0.. for several. () when an input can't come from CSV columns."""
-    widths = []
-    for s in inputs:
-        if s.rank not in (1, 2) or (s.rank == 2 and s.width is None):
-            if features:
-                raise InvalidModel(
-                    f"--features: input {s.name!r} has shape {list(s.shape)}; only inputs of "
-                    "shape [rows] or [rows, n] can be read from CSV columns"
-                )
-            return ()
-        widths.append(1 if s.rank == 1 else s.width)
-    if features:
-        if len(features) != sum(widths) or len(set(features)) != len(features):
-            raise InvalidModel(
-                f"--features names {len(features)} distinct column(s), the inputs take "
-                f"{sum(widths)} value(s) per row"
-            )
-        return features
-    names: list[str] = []
-    for s, width in zip(inputs, widths, strict=True):
-        base = "x" if len(inputs) == 1 else s.name
-        names += [base] if width == 1 else [f"{base}_{i}" for i in range(width)]
-    return tuple(names)
-
-
-def _image(inputs: tuple[TensorSpec, ...], options: ImportOptions) -> ImageRecipe | None:
-    """A recipe for single-input float models of rank 4 with 1 or 3 channels, else None."""
-    if len(inputs) != 1 or inputs[0].rank != 4 or inputs[0].dtype.kind != "f":
-        return None
-    _, d1, d2, d3 = inputs[0].shape
-    if d1 in (1, 3):
-        layout, channels, h, w = "NCHW", d1, d2, d3
-    elif d3 in (1, 3):
-        layout, channels, h, w = "NHWC", d3, d1, d2
-    else:
-        return None
-    if options.image_size is not None:
-        h, w = options.image_size
-    if not (is_static(h) and is_static(w)):
-        raise InvalidModel(
-            f"input {inputs[0].name!r} has a dynamic image size {list(inputs[0].shape)}: "
-            "give it with --image-size HEIGHT,WIDTH"
-        )
-    mode = "L" if channels == 1 else options.image_channels
-    mean, std = options.image_mean, options.image_std
-    if channels == 1:
-        mean, std = mean[:1], std[:1]
-    if len(mean) != channels or len(std) != channels:
-        raise InvalidModel(f"--image-mean and --image-std need {channels} value(s) each")
-    return ImageRecipe(
-        layout, mode, int(h), int(w), tuple(mean), tuple(std), 1 / 255, options.image_scores
-    )
-
-
-def read(proto: Any, session: Any, options: ImportOptions) -> Signature:
-    """The signature of a loaded model (onnx ModelProto and its ONNX Runtime session).
-
-    Raises InvalidModel for inputs or outputs that JSON and V2 can't carry.
-    """
-    inputs = tuple(TensorSpec(i.name, i.type, _dims(i.shape)) for i in session.get_inputs())
-    for s in inputs:
-        if s.onnx_type not in DTYPES:
-            raise InvalidModel(
-                f"input {s.name!r} is {s.onnx_type}: supported are {', '.join(DTYPES)}"
-            )
-    classes = tuple(options.labels) or _node_classes(proto)
-    outputs = []
-    for o in session.get_outputs():
-        spec = TensorSpec(o.name, o.type, _dims(o.shape))
-        if spec.is_zipmap:
-            found = _node_classes(proto)
-            if not found:
-                raise InvalidModel(f"output {o.name!r} is {o.type}, with no ZipMap class labels")
-            spec = replace(spec, shape=(DYNAMIC, len(found)))
-        elif spec.onnx_type not in DTYPES:
-            raise InvalidModel(
-                f"output {o.name!r} is {o.type}: only tensors of {', '.join(DTYPES)} and "
-                "ZipMap outputs can be expressed as JSON"
-            )
-        outputs.append(spec)
-    batch, size = _batch(inputs, tuple(outputs))
-    return Signature(
-        inputs=inputs,
-        outputs=tuple(outputs),
-        batch=batch,
-        batch_size=size,
-        classes=classes,
-        columns=_columns(inputs, options.features),
-        allow_nan=options.allow_nan,
-        image=_image(inputs, options),
-        opset=max(
-            (op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")), default=0
-        ),
-        ir_version=proto.ir_version,
-    )
 
 
 def example_feeds(sig: Signature) -> dict[str, np.ndarray]:

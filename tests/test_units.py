@@ -12,7 +12,8 @@ import train_and_save
 from onnx_serving import model_store
 from onnx_serving.batch_files import predict_file
 from onnx_serving.feeds import BatchPredictions, Feeds, FeedsContainer
-from onnx_serving.signature import ImportOptions, Signature
+from onnx_serving.importing import ImportOptions
+from onnx_serving.signature import Signature
 from onnx_serving.tensors import InvalidInput
 from onnx_serving.validation import request_model, responder, response_model
 
@@ -217,3 +218,43 @@ def test_no_pickle_anywhere_in_the_product() -> None:
         text = path.read_text()
         assert "import pickle" not in text and "allow_pickle=True" not in text, path
         assert "cloudpickle" not in text and "joblib" not in text, path
+
+
+@pytest.mark.parametrize("fixed", [True, False], ids=["fixed", "bentoml-1.4.39"])
+def test_the_request_timeout_leaves_no_timer_behind(fixed: bool) -> None:
+    """bentoml_fixes: BentoML's TimeoutMiddleware kept one timer per request for the whole
+    timeout; the fixed one cancels it when the request ends, and still answers 504."""
+    import asyncio
+
+    from onnx_serving.bentoml_fixes import TimeoutMiddleware
+
+    # The fixed class, or the one it fixes (its base: BentoML's own).
+    middleware = TimeoutMiddleware if fixed else TimeoutMiddleware.__bases__[0]
+
+    async def quick(scope: dict, receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def slow(scope: dict, receive: object, send: object) -> None:
+        await asyncio.sleep(10)
+
+    async def run() -> tuple[int, list[int]]:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        def live_timers() -> int:  # the loop's schedule: private, but exactly the point
+            return sum(not h.cancelled() for h in asyncio.get_running_loop()._scheduled)
+
+        before = live_timers()
+        for _ in range(100):
+            await middleware(quick, timeout=300)({"type": "http"}, None, send)
+        left = live_timers() - before
+        sent.clear()
+        await middleware(slow, timeout=0.05)({"type": "http"}, None, send)
+        return left, [m["status"] for m in sent if m["type"] == "http.response.start"]
+
+    left, statuses = asyncio.run(run())
+    assert statuses == [504]
+    assert left == (0 if fixed else 100)  # the original keeps one per request for 300 s
