@@ -1,6 +1,7 @@
-"""ASGI middleware that guards the service before a request reaches it: API keys, the media
-type each route takes, and body sizes. Each answers with a JSON `{"error": ...}` that names
-the rule and its setting; probes and /metrics stay open.
+"""ASGI middleware that guards the service before a request reaches it: overload (503),
+API keys (401), the media type each route takes (415), body sizes (413), and JSON for the
+router's own 404/405. Each answers with a JSON `{"error": ...}` that names the rule and its
+setting; probes and /metrics stay open.
 """
 
 from __future__ import annotations
