@@ -37,13 +37,22 @@ def run_train(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 class BentoServer(ServerProcess):
-    """`bentoml serve` of this project's service on a free loopback port."""
+    """`bentoml serve` of this project's service on a free loopback port, serving the models
+    of the store in `home`.
+
+    Each server gets a BentoML home of its own around those models: `bentoml serve` empties
+    $BENTOML_HOME/prometheus_multiproc_dir when it starts, which would wipe the /metrics of
+    any other server running from the same home.
+    """
 
     def __init__(self, home: Path, log: Path, **env: str) -> None:
         port = free_port()
+        own_home = log.parent / f"bentoml-home-{port}"
+        own_home.mkdir(parents=True)
+        (own_home / "models").symlink_to((home / "models").resolve())
         cmd = [str(BIN / "bentoml"), "serve", "service:OnnxModelService"]
         cmd += ["--host", "127.0.0.1", "--port", str(port)]
-        env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **env}
+        env = {"BENTOML_HOME": str(own_home), "BENTOML_DO_NOT_TRACK": "true", **env}
         super().__init__("bentoml serve", cmd, port, env, log, ROOT)
 
 

@@ -105,23 +105,28 @@ def test_image_meets_ci_targets(image_url: str, tmp_path: Path) -> None:
 
 
 # Overload, short: the service must shed (503 + Retry-After + JSON, nothing else failing) and
-# serve the calm load again within 5 s. Latency targets loose for a shared machine; the full
-# run and its figures: SHAPE=overload make load-test (README, Operating it).
+# serve the calm load again within 5 s. A low MAX_QUEUE_MS so that 128 users shed for sure in
+# a few seconds on any machine; latency targets loose for a shared one. The full run and its
+# figures: SHAPE=overload make load-test (README, Operating it).
 OVERLOAD_CI = {
     "SHAPE": "overload",
     "LOCUST_OVERLOAD_USERS": "128",
-    "LOCUST_OVERLOAD_SECONDS": "6",
+    "LOCUST_OVERLOAD_SECONDS": "8",
     "LOCUST_CALM_SECONDS": "6",
-    "LOCUST_P99_MS": "2000",
-    "LOCUST_REFUSED_P99_MS": "2000",
+    # The first second of overload is queued before shedding starts (it waits for a lag that
+    # lasts): admitted p99 reaches 1.1-1.3 s in 8 s runs here. The latency targets of the
+    # full run are in the README; this one checks the mechanism.
+    "LOCUST_P99_MS": "5000",
+    "LOCUST_REFUSED_P99_MS": "5000",
     "LOCUST_RECOVERY_S": "5",
 }
 
 
 @pytest.fixture(scope="module")
-def default_server(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`bentoml serve` with the default overload settings (the session server relaxes them)."""
-    server = BentoServer(model_home, tmp_path_factory.mktemp("overload") / "serve.log")
+def shedding_server(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`bentoml serve` that sheds once its queue passes 20 ms for a second."""
+    log = tmp_path_factory.mktemp("overload") / "serve.log"
+    server = BentoServer(model_home, log, MAX_QUEUE_MS="20")
     try:
         server.wait_ready(timeout=90)
         yield server.url
@@ -129,9 +134,9 @@ def default_server(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -
         server.stop()
 
 
-def test_overload_is_shed_and_recovers(default_server: str, tmp_path: Path) -> None:
+def test_overload_is_shed_and_recovers(shedding_server: str, tmp_path: Path) -> None:
     env = {**OVERLOAD_CI, "LOCUST_USER_CLASSES": "OverloadUser"}
-    result = run_load_test("serve", default_server, tmp_path, "40s", **env)
+    result = run_load_test("serve", shedding_server, tmp_path, "40s", **env)
     assert result.returncode == 0, result.stdout[-4000:]
     for check in ("refusals (load was shed)", "failed requests", "recovery after the drop"):
         assert f"PASS  {check}" in result.stdout, result.stdout[-3000:]
