@@ -79,8 +79,12 @@ else
   port="$(free_port)"
   TARGET="http://127.0.0.1:$port"
   echo "Starting bentoml serve on $TARGET (log: $REPORT_DIR/server.log)"
-  "$BIN/bentoml" serve service:OnnxModelService --host 127.0.0.1 --port "$port" \
-    > "$REPORT_DIR/server.log" 2>&1 &
+  # A BentoML home of its own around the project's models: `bentoml serve` empties its home's
+  # prometheus_multiproc_dir at start, which would wipe a running `make serve`'s /metrics.
+  mkdir -p "$REPORT_DIR/bentoml-home"
+  ln -sfn "$(cd "$BENTOML_HOME/models" && pwd)" "$REPORT_DIR/bentoml-home/models"
+  BENTOML_HOME="$REPORT_DIR/bentoml-home" "$BIN/bentoml" serve service:OnnxModelService \
+    --host 127.0.0.1 --port "$port" > "$REPORT_DIR/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 120); do
     ready "$TARGET" && break

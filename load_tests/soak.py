@@ -96,8 +96,12 @@ def main() -> int:
         port = free_port()
         cmd = [str(ROOT / ".venv/bin/bentoml"), "serve", "service:OnnxModelService"]
         cmd += ["--host", "127.0.0.1", "--port", str(port)]
-        # The project's store, as `make serve` uses it, unless BENTOML_HOME says otherwise.
-        env = {"BENTOML_HOME": os.environ.get("BENTOML_HOME") or str(ROOT / ".bentoml")}
+        # The project's models (or BENTOML_HOME's), in a home of its own: `bentoml serve`
+        # empties its home's prometheus_multiproc_dir, a running `make serve`'s /metrics too.
+        store = Path(os.environ.get("BENTOML_HOME") or ROOT / ".bentoml")
+        (out / "bentoml-home").mkdir()
+        (out / "bentoml-home" / "models").symlink_to((store / "models").resolve())
+        env = {"BENTOML_HOME": str(out / "bentoml-home")}
         server = ServerProcess("bentoml serve", cmd, port, env, out / "server.log", ROOT)
         server.wait_ready()
     url = args.url or server.url
