@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -54,6 +55,17 @@ class BentoServer(ServerProcess):
         cmd += ["--host", "127.0.0.1", "--port", str(port)]
         env = {"BENTOML_HOME": str(own_home), "BENTOML_DO_NOT_TRACK": "true", **env}
         super().__init__("bentoml serve", cmd, port, env, log, ROOT)
+
+
+@contextlib.contextmanager
+def running(home: Path, log: Path, **env: str) -> Iterator[BentoServer]:
+    """A BentoServer, ready, and stopped on the way out (also when a test fails)."""
+    server = BentoServer(home, log, **env)
+    try:
+        server.wait_ready(timeout=90)
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import BentoServer
+from conftest import BentoServer, running
 
 BODY = b'{"x": [1.0]}'
 HEADERS = {"Content-Type": "application/json"}
@@ -161,12 +161,8 @@ def test_a_killed_worker_is_replaced_and_the_other_keeps_answering(
 @pytest.fixture(scope="module")
 def impatient(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BentoServer]:
     log = tmp_path_factory.mktemp("impatient") / "serve.log"
-    server = BentoServer(model_home, log, HTTP_HEADER_TIMEOUT="1", HTTP_BODY_TIMEOUT="1")
-    try:
-        server.wait_ready(timeout=90)
+    with running(model_home, log, HTTP_HEADER_TIMEOUT="1", HTTP_BODY_TIMEOUT="1") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize(

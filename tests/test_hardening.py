@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-from conftest import ROOT, BentoServer
+from conftest import ROOT, BentoServer, running
 
 MIB = 1 << 20
 FILE_LIMIT = 4 * MIB
@@ -33,18 +33,9 @@ def limited(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     file and image limits, and a temporary directory of its own to look into."""
     tmp = tmp_path_factory.mktemp("limited")
     (tmp / "tmp").mkdir()
-    server = BentoServer(
-        model_home,
-        tmp / "serve.log",
-        MAX_FILE_BYTES=str(FILE_LIMIT),
-        MAX_IMAGE_BYTES=str(IMAGE_LIMIT),
-        TMPDIR=str(tmp / "tmp"),
-    )
-    try:
-        server.wait_ready(timeout=90)
+    limits = {"MAX_FILE_BYTES": str(FILE_LIMIT), "MAX_IMAGE_BYTES": str(IMAGE_LIMIT)}
+    with running(model_home, tmp / "serve.log", TMPDIR=str(tmp / "tmp"), **limits) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def post(
@@ -176,12 +167,8 @@ def test_spooled_upload_files_are_removed(limited: BentoServer) -> None:
 def keyed(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BentoServer]:
     log = tmp_path_factory.mktemp("keyed") / "serve.log"
     digest = hashlib.sha256(KEY.encode()).hexdigest()
-    server = BentoServer(model_home, log, API_KEY_SHA256=digest, ACCESS_LOG="1")
-    try:
-        server.wait_ready(timeout=90)
+    with running(model_home, log, API_KEY_SHA256=digest, ACCESS_LOG="1") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BentoServer
+from conftest import running
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_SH = ROOT / "load_tests" / "run.sh"
@@ -126,12 +126,8 @@ OVERLOAD_CI = {
 def shedding_server(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`bentoml serve` that sheds once its queue passes 20 ms for a second."""
     log = tmp_path_factory.mktemp("overload") / "serve.log"
-    server = BentoServer(model_home, log, MAX_QUEUE_MS="20")
-    try:
-        server.wait_ready(timeout=90)
+    with running(model_home, log, MAX_QUEUE_MS="20") as server:
         yield server.url
-    finally:
-        server.stop()
 
 
 def test_overload_is_shed_and_recovers(shedding_server: str, tmp_path: Path) -> None:
