@@ -46,13 +46,13 @@ SETTINGS = settings()
 # and being restarted forever.
 STORED = model_store.get_verified(SETTINGS.model_ref)
 MODEL = bentoml.models.BentoModel(str(STORED.tag))
+SIGNATURE = model_store.signature_of(STORED)
 if server_context.worker_index is None:
     # Not a worker: `bentoml serve` itself (or `bentoml build`). A model that can't run would
     # fail every worker at start, and BentoML would restart them forever: try it here, once,
     # so the command stops with the reason instead.
-    ModelRunner(SETTINGS).load(STORED)
+    ModelRunner(SETTINGS).load(STORED, SIGNATURE)
 # The request and response bodies follow the served model's inputs and outputs.
-SIGNATURE = model_store.signature_of(STORED)
 PredictRequest = request_model(SIGNATURE, SETTINGS.max_values)
 BatchedRequest = request_model(
     SIGNATURE, SETTINGS.max_values, SETTINGS.batch_max_size, "BATCH_MAX_SIZE"
@@ -78,7 +78,7 @@ class OnnxModelService:
     def __init__(self) -> None:
         # STORED was verified at import; loading and warm-up finish before /readyz turns 200.
         self.runner = ModelRunner(SETTINGS)
-        self.model = self.runner.load(STORED)
+        self.model = self.runner.load(STORED, SIGNATURE)
         self.respond = responder(SIGNATURE, self.model.tag, PredictResponse)
         # Everything alive now (BentoML, pydantic, ONNX Runtime...) lives as long as the
         # worker: keep it out of the garbage collector's full passes, which otherwise stop the

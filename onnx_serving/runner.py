@@ -83,10 +83,11 @@ def session_options(settings: Settings | None = None) -> ort.SessionOptions:
 
 def trial_run(model: LoadedModel) -> None:
     """Run the smallest input the model must take; raise RuntimeError saying why it failed."""
+    feeds = example_feeds(model.signature)
     try:
-        model.run(Feeds(example_feeds(model.signature)))
+        model.run(Feeds(feeds))
     except Exception as exc:
-        shapes = {k: list(v.shape) for k, v in example_feeds(model.signature).items()}
+        shapes = {k: list(v.shape) for k, v in feeds.items()}
         raise RuntimeError(
             f"{model.tag} loads, but fails on the smallest input it declares ({shapes}): {exc}"
         ) from exc
@@ -98,8 +99,9 @@ class ModelRunner:
         self.models: dict[str, LoadedModel] = {}
         self.default_tag: str | None = None
 
-    def load(self, stored: Any) -> LoadedModel:
-        """Open a stored bentoml Model that `model_store.get_verified` returned, and warm it up."""
+    def load(self, stored: Any, signature: Signature) -> LoadedModel:
+        """Open a stored bentoml Model that `model_store.get_verified` returned, with the
+        signature `model_store.signature_of` read for it, and warm it up."""
         import onnxruntime as ort
 
         tag = str(stored.tag)
@@ -107,7 +109,6 @@ class ModelRunner:
         session = ort.InferenceSession(
             path, sess_options=session_options(self.settings), providers=["CPUExecutionProvider"]
         )
-        signature = model_store.signature_of(stored)
         meta = stored.info.metadata
         info = {
             "tag": tag,
