@@ -15,7 +15,7 @@ import pydantic_core
 from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from .tensors import DATATYPES, check_values, from_bytes, from_json, to_bytes
+from .tensors import DATATYPES, check_values, from_bytes, from_json, to_bytes, to_json
 from .validation import SCALARS, check_feeds
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -171,10 +171,7 @@ def respond(request: InferRequest, model: Any, outputs: dict[str, np.ndarray]) -
             out["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            flat = values.reshape(-1)
-            out["data"] = (
-                flat.astype(np.float32).tolist() if flat.dtype == np.float16 else flat.tolist()
-            )
+            out["data"] = to_json(values.reshape(-1))  # V2 sends data flat, row-major
         described.append(out)
     name, version = model.tag.split(":")
     head: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": described}
