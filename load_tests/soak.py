@@ -16,6 +16,7 @@ It prints the series and draws it to reports/soak/<stamp>/memory.png. Not part o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -30,7 +31,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from onnx_serving.local_server import ServerProcess, free_port  # noqa: E402
+from onnx_serving.local_server import ServerProcess, bentoml_workers, free_port  # noqa: E402
 
 USER_RPS = 10  # each user's pace during the soak (locust --user-rps)
 
@@ -50,16 +51,14 @@ def aggregated(report_dir: Path) -> dict[str, str]:
         return next(row for row in csv.DictReader(f) if row["Name"] == "Aggregated")
 
 
-def worker_rss(root_pid: int | None) -> float:
-    """Resident memory (MB) of the service's workers (all bentoml workers if unknown)."""
-    procs = psutil.Process(root_pid).children(recursive=True) if root_pid else psutil.process_iter()
+def worker_rss(server: ServerProcess | None) -> float:
+    """Resident memory (MB) of the service's workers (every BentoML worker here if the
+    service was not started by this script)."""
+    procs = server.workers() if server else bentoml_workers(psutil.process_iter())
     total = 0
     for p in procs:
-        try:
-            if "_bentoml_impl.worker" in " ".join(p.cmdline()):
-                total += p.memory_info().rss
-        except psutil.Error:
-            pass
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
     return total / 2**20
 
 
@@ -121,7 +120,7 @@ def main() -> int:
         def sample() -> None:
             while not done.wait(5.0 if series else 0.0):
                 t = time.monotonic() - started
-                series.append((t, worker_rss(server.proc.pid if server else None)))
+                series.append((t, worker_rss(server)))
                 print(f"  {t:6.0f} s  {series[-1][1]:7.1f} MB", flush=True)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -132,7 +131,7 @@ def main() -> int:
                       LOCUST_P99_MS="1e9")  # fmt: skip
         done.set()
         sampler.join()
-        series.append((time.monotonic() - started, worker_rss(server.proc.pid if server else None)))
+        series.append((time.monotonic() - started, worker_rss(server)))
     finally:
         if server is not None:
             server.stop()

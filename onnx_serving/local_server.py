@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -23,6 +24,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def bentoml_workers(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """Those of `procs` that are BentoML service workers, alive."""
+    found = []
+    for p in procs:
+        try:
+            if "_bentoml_impl.worker" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
 
 
 class ServerProcess:
@@ -55,6 +68,10 @@ class ServerProcess:
         for p in procs:
             self.known.setdefault(p.pid, p)
         return procs
+
+    def workers(self) -> list[psutil.Process]:
+        """BentoML's worker processes in the tree (a killed one, a zombie until reaped, not)."""
+        return bentoml_workers(self.tree())
 
     def log_tail(self, chars: int = 5000) -> str:
         self._log.flush()

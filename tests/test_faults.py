@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 from conftest import BentoServer, running
 
@@ -89,18 +88,6 @@ class Clients:
         return Counter(o.kind for o in list(self.outcomes) if o.started >= since)
 
 
-def workers(server: BentoServer) -> list[psutil.Process]:
-    """The live worker processes (a killed one is a zombie until circus reaps it)."""
-    found = []
-    for p in server.tree():
-        try:
-            if "_bentoml_impl.worker" in " ".join(p.cmdline()):
-                found.append(p)
-        except psutil.Error:
-            pass
-    return found
-
-
 @pytest.mark.parametrize("n_workers", ["1", "2"])
 def test_sigterm_under_load_fails_no_request(
     model_home: Path, tmp_path: Path, n_workers: str
@@ -138,7 +125,7 @@ def test_a_killed_worker_is_replaced_and_the_other_keeps_answering(
     server = BentoServer(model_home, tmp_path / "serve.log", WORKERS="2")
     try:
         server.wait_ready(timeout=90)
-        first = workers(server)
+        first = server.workers()
         assert len(first) == 2
         with Clients(server.port, 8, fresh_connections=True) as clients:
             time.sleep(1)
@@ -148,9 +135,9 @@ def test_a_killed_worker_is_replaced_and_the_other_keeps_answering(
         after = clients.count(since=killed_at + 0.05)  # not the requests in flight on it
         # circus notices a dead worker on its 10 s check, then starts another.
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(workers(server)) < 2:
+        while time.monotonic() < deadline and len(server.workers()) < 2:
             time.sleep(0.5)
-        replaced = [p.pid for p in workers(server)]
+        replaced = [p.pid for p in server.workers()]
     finally:
         server.stop()
     print(f"\nafter the kill: {dict(after)}")

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 from conftest import ROOT, BentoServer, running
 
@@ -55,15 +54,11 @@ def post(
         conn.close()
 
 
-def workers(server: BentoServer) -> list[psutil.Process]:
-    return [p for p in server.tree() if "_bentoml_impl.worker" in " ".join(p.cmdline())]
-
-
 class PeakRss:
     """The workers' largest resident memory while the block runs, sampled every 2 ms."""
 
     def __init__(self, server: BentoServer) -> None:
-        self.procs = workers(server)
+        self.procs = server.workers()
         self.before = sum(p.memory_info().rss for p in self.procs)
         self.peak, self._stop = self.before, threading.Event()
 
