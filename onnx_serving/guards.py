@@ -135,9 +135,12 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         path = scope["path"]
         limit, setting = self.limits.get(path.rstrip("/"), self.default)
-        message = f"the body is larger than {path} takes: at most {limit:,} bytes ({setting})"
         length = header(scope, b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        if length is not None and length.isdigit() and int(length) <= limit:
+            # The HTTP server reads no more than Content-Length says: nothing to count.
+            return await self.app(scope, receive, send)
+        message = f"the body is larger than {path} takes: at most {limit:,} bytes ({setting})"
+        if length is not None and length.isdigit():
             return await reply(send, 413, message)
         seen, over, started = 0, False, False
 
@@ -172,7 +175,10 @@ class JsonNotFound:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        # A POST to a prediction route always finds its route: nothing to rewrite there.
+        if scope["type"] != "http" or (
+            scope["method"] == "POST" and scope["path"] in ROUTE_MEDIA_TYPES
+        ):
             return await self.app(scope, receive, send)
         status = 0
 
@@ -253,6 +259,15 @@ class Overload:
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
         if (reason := self.refusal()) is not None:
             return await reply(send, 503, reason, self.retry)
+        self.in_flight += 1
+        try:
+            # Only the batched route can answer BentoML's own 503.
+            batched = scope["path"] == "/predict_batched"
+            await self.app(scope, receive, self._batching_503(send) if batched else send)
+        finally:
+            self.in_flight -= 1
+
+    def _batching_503(self, send: Any) -> Any:
         rewriting = False
 
         async def batching_503(message: dict) -> None:
@@ -266,8 +281,4 @@ class Overload:
                 return await reply(send, 503, f"{why}; retry later", self.retry)
             await send(message)
 
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, batching_503)
-        finally:
-            self.in_flight -= 1
+        return batching_503
