@@ -223,7 +223,8 @@ def test_no_pickle_anywhere_in_the_product() -> None:
 @pytest.mark.parametrize("fixed", [True, False], ids=["fixed", "bentoml-1.4.39"])
 def test_the_request_timeout_leaves_no_timer_behind(fixed: bool) -> None:
     """bentoml_fixes: BentoML's TimeoutMiddleware kept one timer per request for the whole
-    timeout; the fixed one cancels it when the request ends, and still answers 504."""
+    timeout and ran the app in a task of its own; the fixed one cancels its timer when the
+    request ends, runs the app in the request's task, and still answers 504."""
     import asyncio
 
     from onnx_serving.bentoml_fixes import TimeoutMiddleware
@@ -231,7 +232,10 @@ def test_the_request_timeout_leaves_no_timer_behind(fixed: bool) -> None:
     # The fixed class, or the one it fixes (its base: BentoML's own).
     middleware = TimeoutMiddleware if fixed else TimeoutMiddleware.__bases__[0]
 
+    tasks: set[object] = set()
+
     async def quick(scope: dict, receive: object, send: object) -> None:
+        tasks.add(asyncio.current_task())
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
@@ -258,3 +262,4 @@ def test_the_request_timeout_leaves_no_timer_behind(fixed: bool) -> None:
     left, statuses = asyncio.run(run())
     assert statuses == [504]
     assert left == (0 if fixed else 100)  # the original keeps one per request for 300 s
+    assert len(tasks) == (1 if fixed else 100)  # the original made a task per request
