@@ -19,11 +19,17 @@ from pathlib import Path
 
 import bentoml
 
-from onnx_serving import bentoml_fixes, model_store, read_timeouts
+from onnx_serving import bentoml_fixes, http_protocol, model_store
 from onnx_serving.config import settings
 from onnx_serving.drain import DRAINER, DrainMiddleware
 from onnx_serving.feeds import BatchPredictions, Feeds
-from onnx_serving.guards import ApiKeyGuard, BodyLimit, ContentTypeGuard, JsonNotFound, Overload
+from onnx_serving.guards import (
+    ApiKeyGuard,
+    BatchingRefusal,
+    BodyLimit,
+    ContentTypeGuard,
+    JsonNotFound,
+)
 from onnx_serving.openapi import CompleteDocs
 from onnx_serving.routes import app as plain_routes
 from onnx_serving.tensors import InvalidInput
@@ -36,9 +42,10 @@ with bentoml.importing():
     from onnx_serving.batch_files import FileRequest, predict_file
     from onnx_serving.runner import ModelRunner
 
-# Header and body read timeouts uvicorn lacks (HTTP_HEADER_TIMEOUT, HTTP_BODY_TIMEOUT), and
-# BentoML's request timeout without its timer leak (onnx_serving/bentoml_fixes.py).
-read_timeouts.install()
+# uvicorn's HTTP protocol with load shedding before the app (MAX_QUEUE_MS, MAX_IN_FLIGHT) and
+# the header and body read timeouts it lacks; BentoML's request timeout without its timer
+# leak (onnx_serving/bentoml_fixes.py).
+http_protocol.install()
 bentoml_fixes.apply()
 SETTINGS = settings()
 # Resolve and check the model here, in the `bentoml serve` process itself: a missing model
@@ -129,14 +136,9 @@ class OnnxModelService:
             return JSONResponse({"error": str(exc)}, status_code=400)
 
 
-# Outermost first: the drain's Connection: close, shed load, who may call, what they send.
+# Outermost first: the drain's Connection: close, batching's 503, who may call, what they send.
 OnnxModelService.add_asgi_middleware(DrainMiddleware)
-OnnxModelService.add_asgi_middleware(
-    Overload,
-    max_queue_ms=SETTINGS.max_queue_ms,
-    max_in_flight=SETTINGS.max_in_flight,
-    retry_after_s=SETTINGS.retry_after_s,
-)
+OnnxModelService.add_asgi_middleware(BatchingRefusal, retry_after_s=SETTINGS.retry_after_s)
 OnnxModelService.add_asgi_middleware(JsonNotFound)
 if SETTINGS.api_key_hashes:
     OnnxModelService.add_asgi_middleware(ApiKeyGuard, hashes=SETTINGS.api_key_hashes)

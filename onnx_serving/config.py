@@ -105,8 +105,10 @@ class Settings:
     max_binary_bytes: int
     max_file_bytes: int
     max_image_bytes: int
-    # Overload: refuse (503, Retry-After) rather than queue past these (guards.Overload).
+    # Overload: the queueing a worker aims for, and the bounds of how many prediction
+    # requests it admits at once; past them it refuses with 503 + Retry-After (admission.py).
     max_queue_ms: int
+    min_in_flight: int
     max_in_flight: int
     retry_after_s: int
     # SIGTERM: keep serving (Connection: close, /readyz 503) this long, then stop listening
@@ -118,6 +120,13 @@ class Settings:
     http_body_timeout_s: float
     # SHA-256 digests of the accepted API keys; empty: no authentication. Never the keys.
     api_key_hashes: tuple[str, ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        if self.min_in_flight > self.max_in_flight:
+            raise ValueError(
+                f"MIN_IN_FLIGHT ({self.min_in_flight}) must not exceed MAX_IN_FLIGHT "
+                f"({self.max_in_flight})"
+            )
 
     @property
     def model_ref(self) -> str:
@@ -143,7 +152,8 @@ class Settings:
             max_binary_bytes=_int("MAX_BINARY_BYTES", 8 * max_values + MIB),
             max_file_bytes=_int("MAX_FILE_BYTES", 1024 * MIB),
             max_image_bytes=_int("MAX_IMAGE_BYTES", 20 * MIB),
-            max_queue_ms=_int("MAX_QUEUE_MS", 100),
+            max_queue_ms=_int("MAX_QUEUE_MS", 25),
+            min_in_flight=_int("MIN_IN_FLIGHT", 16),
             max_in_flight=_int("MAX_IN_FLIGHT", 256),
             retry_after_s=_int("RETRY_AFTER_S", 1),
             drain_seconds=_float("DRAIN_SECONDS", 1.0),

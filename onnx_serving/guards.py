@@ -1,17 +1,16 @@
-"""ASGI middleware that guards the service before a request reaches it: overload (503),
-API keys (401), the media type each route takes (415), body sizes (413), and JSON for the
-router's own 404/405. Each answers with a JSON `{"error": ...}` that names the rule and its
-setting; probes and /metrics stay open.
+"""ASGI middleware that guards the service before a request reaches it: API keys (401), the
+media type each route takes (415), body sizes (413), JSON for the router's own 404/405, and
+adaptive batching's 503. Each answers with a JSON `{"error": ...}` that names the rule and its
+setting; probes and /metrics stay open. Overload is shed earlier, in the HTTP protocol
+(onnx_serving/admission.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
 import json
-import time
 from typing import Any
 
 from .config import Settings
@@ -198,80 +197,21 @@ class JsonNotFound:
         await self.app(scope, receive, rewrite)
 
 
-class Overload:
-    """Shed load fast instead of queueing it: 503, a JSON error and `Retry-After`.
+class BatchingRefusal:
+    """Adaptive batching's own 503 (a request that would miss BATCH_MAX_LATENCY_MS) comes
+    with BentoML's generic body: give it the JSON reason and `Retry-After` of every other
+    overload refusal (onnx_serving/admission.py). Only /predict_batched can answer it."""
 
-    A prediction request (any POST) is refused at once when the worker's event loop has
-    run more than `max_queue_ms` behind for the last second (requests wait in its queue
-    before they run: that wait is what a client sees as latency), or when `max_in_flight`
-    requests are already inside (batched requests waiting for their batch, files, images).
-    The lag is measured by a ticker that asks to wake every 10 ms and notes how late it
-    woke. As in CoDel, only a lag that stays above the target sheds: one large request, a
-    burst or a pause of the machine that held the loop for a moment sheds nothing (at 70 %
-    of capacity, the soak's load, the lag passes 100 ms now and then), and shedding stops at
-    the first tick back under the target. Probes, /metrics and every GET stay open.
-    Adaptive batching's own 503 (a request that would miss BATCH_MAX_LATENCY_MS) gets the
-    same body and header.
-    """
-
-    TICK_S = 0.010
-    INTERVAL_S = 1.0  # how long the lag must stay above the target before shedding
-
-    def __init__(self, app: Any, max_queue_ms: int, max_in_flight: int, retry_after_s: int) -> None:
+    def __init__(self, app: Any, retry_after_s: int) -> None:
         self.app = app
-        self.max_lag_s = max_queue_ms / 1000
-        self.max_queue_ms, self.max_in_flight = max_queue_ms, max_in_flight
         self.retry = {"Retry-After": str(retry_after_s)}
-        self.lag_s = 0.0  # the latest tick's lag
-        self.above_since: float | None = None  # when the lag went (and stayed) above target
-        self.shedding = False
-        self.in_flight = 0
-        self._ticker: asyncio.Task | None = None
-
-    async def _tick(self) -> None:
-        while True:
-            started = time.perf_counter()
-            await asyncio.sleep(self.TICK_S)
-            now = time.perf_counter()
-            self.lag_s = max(0.0, now - started - self.TICK_S)
-            if self.lag_s <= self.max_lag_s:
-                self.above_since, self.shedding = None, False
-                continue
-            # The lag is above target: since this tick's wait began, at the latest.
-            if self.above_since is None:
-                self.above_since = started
-            self.shedding = now - self.above_since >= self.INTERVAL_S
-
-    def refusal(self) -> str | None:
-        if self.shedding:
-            return (
-                f"overloaded: requests wait {self.lag_s * 1000:.0f} ms to start, more than "
-                f"MAX_QUEUE_MS={self.max_queue_ms}; retry later"
-            )
-        if self.in_flight >= self.max_in_flight:
-            return f"overloaded: {self.in_flight} requests in flight (MAX_IN_FLIGHT); retry later"
-        return None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["path"] != "/predict_batched":
             return await self.app(scope, receive, send)
-        if self._ticker is None:
-            self._ticker = asyncio.get_running_loop().create_task(self._tick())
-        if (reason := self.refusal()) is not None:
-            return await reply(send, 503, reason, self.retry)
-        self.in_flight += 1
-        try:
-            # Only the batched route can answer BentoML's own 503.
-            batched = scope["path"] == "/predict_batched"
-            await self.app(scope, receive, self._batching_503(send) if batched else send)
-        finally:
-            self.in_flight -= 1
-
-    def _batching_503(self, send: Any) -> Any:
         rewriting = False
 
-        async def batching_503(message: dict) -> None:
-            # BentoML's dispatcher refuses with a generic 503 body: say why, and when to retry.
+        async def rewrite(message: dict) -> None:
             nonlocal rewriting
             if message["type"] == "http.response.start" and message["status"] == 503:
                 rewriting = True
@@ -281,4 +221,4 @@ class Overload:
                 return await reply(send, 503, f"{why}; retry later", self.retry)
             await send(message)
 
-        return batching_503
+        await self.app(scope, receive, rewrite)

@@ -1,8 +1,10 @@
-"""Faults, for real: SIGTERM under load, a worker killed, half-sent requests."""
+"""Faults, for real: SIGTERM under load, a worker killed, half-sent requests, idle connections,
+and requests past what a worker admits."""
 
 from __future__ import annotations
 
 import http.client
+import json
 import signal
 import socket
 import threading
@@ -186,3 +188,66 @@ def test_a_slow_but_steady_body_is_not_cut_off(impatient: BentoServer) -> None:
             time.sleep(0.5)
         answer = s.recv(4096)
     assert answer.startswith(b"HTTP/1.1 200") and b'"y":[2.0,4.0]' in answer
+
+
+def read_response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a Content-Length from a keep-alive socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    while len(body) < int(headers["content-length"]):
+        body += s.recv(4096)
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(impatient: BentoServer) -> None:
+    # uvicorn's keep-alive timeout (5 s) is kept by http_protocol's sweep, not a timer.
+    with socket.create_connection(("127.0.0.1", impatient.port), timeout=15) as s:
+        s.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s)[0] == 200
+        idle = time.monotonic()
+        assert s.recv(4096) == b""  # closed by the server
+    assert 4 < time.monotonic() - idle < 8
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(
+    model_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BentoServer]:
+    log = tmp_path_factory.mktemp("one_at_a_time") / "serve.log"
+    with running(model_home, log, MIN_IN_FLIGHT="1", MAX_IN_FLIGHT="1") as server:
+        yield server
+
+
+def test_past_what_a_worker_admits_requests_are_refused_at_once(one_at_a_time: BentoServer) -> None:
+    """The HTTP protocol refuses before the app: 503, JSON, Retry-After, before the body is
+    even sent; the body is dropped and the connection serves its next request."""
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Content-Length: %d\r\n\r\n" % len(BODY)
+    address = ("127.0.0.1", one_at_a_time.port)
+    with socket.create_connection(address, timeout=10) as holder:
+        holder.sendall(head)  # admitted at its headers; holds the one place until its body comes
+        time.sleep(0.3)
+        with socket.create_connection(address, timeout=10) as other:
+            started = time.monotonic()
+            other.sendall(head)
+            status, headers, body = read_response(other)
+            took = time.monotonic() - started
+            assert status == 503 and headers["retry-after"] == "1", (status, headers)
+            assert "MAX_IN_FLIGHT=1" in json.loads(body)["error"]
+            assert took < 1.0, took
+            # The refused request's body, then probes (never shed) on the same connection.
+            other.sendall(BODY + b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(other)[0] == 200
+            holder.sendall(BODY)
+            status, _, body = read_response(holder)
+            assert status == 200 and json.loads(body)["y"] == [2.0]
+            # The place is free again: the same connection is now admitted.
+            other.sendall(head + BODY)
+            status, _, body = read_response(other)
+            assert status == 200 and json.loads(body)["y"] == [2.0]

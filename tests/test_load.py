@@ -104,29 +104,28 @@ def test_image_meets_ci_targets(image_url: str, tmp_path: Path) -> None:
     assert_reports(tmp_path)
 
 
-# Overload, short: the service must shed (503 + Retry-After + JSON, nothing else failing) and
-# serve the calm load again within 5 s. A low MAX_QUEUE_MS so that 128 users shed for sure in
-# a few seconds on any machine; latency targets loose for a shared one. The full run and its
-# figures: SHAPE=overload make load-test (README, Operating it).
+# Overload, short, against a server with its default settings: OverloadUsers several times
+# past capacity must be shed (503 + Retry-After + JSON, nothing else failing) and the calm load
+# served again within 5 s. Latency is bounded at 3x the full run's targets: an 8 s run on a
+# shared machine has seconds when the machine itself is slow (here, 1 run in 5 passed 100 ms);
+# the targets themselves are measured by the full run, SHAPE=overload make load-test (README,
+# Operating it), and the guard they were missed with before refused at p99 221-258 ms.
 OVERLOAD_CI = {
     "SHAPE": "overload",
-    "LOCUST_OVERLOAD_USERS": "128",
+    "LOCUST_OVERLOAD_USERS": "256",
     "LOCUST_OVERLOAD_SECONDS": "8",
     "LOCUST_CALM_SECONDS": "6",
-    # The first second of overload is queued before shedding starts (it waits for a lag that
-    # lasts): admitted p99 reaches 1.1-1.3 s in 8 s runs here. The latency targets of the
-    # full run are in the README; this one checks the mechanism.
-    "LOCUST_P99_MS": "5000",
-    "LOCUST_REFUSED_P99_MS": "5000",
+    "LOCUST_P99_MS": "300",
+    "LOCUST_REFUSED_P99_MS": "150",
     "LOCUST_RECOVERY_S": "5",
 }
 
 
 @pytest.fixture(scope="module")
 def shedding_server(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`bentoml serve` that sheds once its queue passes 20 ms for a second."""
+    """`bentoml serve` with the default overload settings."""
     log = tmp_path_factory.mktemp("overload") / "serve.log"
-    with running(model_home, log, MAX_QUEUE_MS="20") as server:
+    with running(model_home, log) as server:
         yield server.url
 
 
@@ -134,6 +133,4 @@ def test_overload_is_shed_and_recovers(shedding_server: str, tmp_path: Path) -> 
     env = {**OVERLOAD_CI, "LOCUST_USER_CLASSES": "OverloadUser"}
     result = run_load_test("serve", shedding_server, tmp_path, "40s", **env)
     assert result.returncode == 0, result.stdout[-4000:]
-    for check in ("refusals (load was shed)", "failed requests", "recovery after the drop"):
-        assert f"PASS  {check}" in result.stdout, result.stdout[-3000:]
     print(next(line for line in result.stdout.splitlines() if "overload (" in line))
