@@ -19,7 +19,7 @@ from pathlib import Path
 
 import bentoml
 
-from onnx_serving import bentoml_fixes, http_protocol, model_store
+from onnx_serving import bentoml_fixes, dispatcher, http_protocol, model_store
 from onnx_serving.config import settings
 from onnx_serving.drain import DRAINER, DrainMiddleware
 from onnx_serving.feeds import BatchPredictions, Feeds
@@ -47,6 +47,7 @@ with bentoml.importing():
 # leak (onnx_serving/bentoml_fixes.py).
 http_protocol.install()
 bentoml_fixes.apply()
+dispatcher.apply()
 SETTINGS = settings()
 # Resolve and check the model here, in the `bentoml serve` process itself: a missing model
 # or a hash mismatch then stops the command at once, instead of a worker failing at start

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, ValidationError
 
 import train_and_save
 from onnx_serving import model_store
@@ -263,3 +266,51 @@ def test_the_request_timeout_leaves_no_timer_behind(fixed: bool) -> None:
     assert statuses == [504]
     assert left == (0 if fixed else 100)  # the original keeps one per request for 300 s
     assert len(tasks) == (1 if fixed else 100)  # the original made a task per request
+
+
+# Request bodies shaped like tensors: numbers mostly, now and then a value of another type,
+# a ragged row, a row that is a number, an empty list.
+CELLS = st.one_of(
+    st.floats(width=32, allow_nan=False, allow_infinity=False),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([True, None, "1.5", [], [1.0]]),
+)
+TENSORS = st.one_of(
+    st.lists(CELLS, max_size=6),
+    st.lists(st.lists(CELLS, min_size=0, max_size=3), max_size=5),
+    st.lists(st.lists(st.lists(CELLS, max_size=2), max_size=2), max_size=2),
+)
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "models"
+# The demo ([rows, 1]), three named features ([rows, 3]) and two inputs ([rows, 3] each).
+SHAPES = {
+    "demo": PredictRequest,
+    **{
+        name: request_model(
+            model_store.inspect((FIXTURES / f"{name}.onnx").read_bytes(), ImportOptions()), 1000
+        )
+        for name in ("sklearn_linear", "torch_two_inputs")
+    },
+}
+
+
+@pytest.mark.parametrize("name", SHAPES)
+@settings(max_examples=300, deadline=None)
+@given(x=TENSORS, y=TENSORS)
+def test_the_fast_path_decides_as_the_full_model(name: str, x: list, y: list) -> None:
+    """validation.RequestBase tries the plain shapes first: it must accept exactly what the
+    full model (pydantic's own model_validate_json) accepts, with the same arrays."""
+    model = SHAPES[name]
+    body = json.dumps({"inputs": {"a": x, "b": y}} if name == "torch_two_inputs" else {"x": x})
+    full = BaseModel.model_validate_json.__func__  # the full model, without the fast path
+    try:
+        want = full(model, body).feeds.arrays
+    except ValidationError:
+        with pytest.raises(ValidationError):
+            model.model_validate_json(body)
+        return
+    got = model.model_validate_json(body).feeds.arrays
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k])
