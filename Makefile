@@ -11,7 +11,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 # BentoML would otherwise ask a remote service about usage tracking.
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: venv model serve test lint image run-image load-test load-test-image bench fixtures fuzz soak lock lock-upgrade lock-check sbom sbom-lock audit clean
+.PHONY: venv model serve test lint image run-image load-test load-test-image bench bench-sweep bench-models fixtures fuzz soak lock lock-upgrade lock-check sbom sbom-lock audit clean
 
 venv: $(VENV)/.installed
 
@@ -96,6 +96,15 @@ load-test-image: venv
 
 bench: model
 	bash benchmarks/run.sh
+
+# Adaptive batching's max_batch_size x max_latency_ms against the bench models (README, Performance).
+bench-sweep: model
+	.venv/bin/python -m benchmarks.sweep
+
+# Remake the bench models (benchmarks/models/*.onnx) with PyTorch and scikit-learn.
+bench-models: venv
+	$(BIN)/pip install --quiet -e '.[train,dev,fixtures]' -c $(LOCK_PINS)
+	$(BIN)/python benchmarks/models/make_models.py
 
 # About 70 % of capacity for 10 minutes (SOAK_SECONDS): memory must stay flat, nothing fail.
 SOAK_SECONDS ?= 600

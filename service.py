@@ -19,7 +19,7 @@ from pathlib import Path
 
 import bentoml
 
-from onnx_serving import bentoml_fixes, dispatcher, http_protocol, model_store
+from onnx_serving import batching, bentoml_fixes, dispatcher, http_protocol, model_store
 from onnx_serving.config import settings
 from onnx_serving.drain import DRAINER, DrainMiddleware
 from onnx_serving.feeds import BatchPredictions, Feeds
@@ -36,6 +36,7 @@ from onnx_serving.tensors import InvalidInput
 from onnx_serving.validation import request_model, responder, response_model
 
 with bentoml.importing():
+    from anyio import to_thread
     from bentoml._internal.context import server_context
     from starlette.responses import JSONResponse
 
@@ -60,10 +61,14 @@ if server_context.worker_index is None:
     # fail every worker at start, and BentoML would restart them forever: try it here, once,
     # so the command stops with the reason instead.
     ModelRunner(SETTINGS).load(STORED, SIGNATURE)
+# Adaptive batching as measured for this model at import, unless the environment says.
+BATCHING = batching.resolve(
+    STORED.info.metadata, SETTINGS.batch_max_size, SETTINGS.batch_max_latency_ms
+)
 # The request and response bodies follow the served model's inputs and outputs.
 PredictRequest = request_model(SIGNATURE, SETTINGS.max_values)
 BatchedRequest = request_model(
-    SIGNATURE, SETTINGS.max_values, SETTINGS.batch_max_size, "BATCH_MAX_SIZE"
+    SIGNATURE, SETTINGS.max_values, BATCHING["max_batch_size"], "BATCH_MAX_SIZE"
 )
 PredictResponse = response_model(SIGNATURE)
 
@@ -87,6 +92,7 @@ class OnnxModelService:
         # STORED was verified at import; loading and warm-up finish before /readyz turns 200.
         self.runner = ModelRunner(SETTINGS)
         self.model = self.runner.load(STORED, SIGNATURE)
+        self.model.info["batching"] = BATCHING  # /metadata: what /predict_batched runs with
         self.respond = responder(SIGNATURE, self.model.tag, PredictResponse)
         # Everything alive now (BentoML, pydantic, ONNX Runtime...) lives as long as the
         # worker: keep it out of the garbage collector's full passes, which otherwise stop the
@@ -112,8 +118,8 @@ class OnnxModelService:
     @bentoml.api(
         batchable=True,
         batch_dim=0,
-        max_batch_size=SETTINGS.batch_max_size,
-        max_latency_ms=SETTINGS.batch_max_latency_ms,
+        max_batch_size=BATCHING["max_batch_size"],
+        max_latency_ms=BATCHING["max_latency_ms"],
         input_spec=BatchedRequest,
         output_spec=PredictResponse,
     )
@@ -123,6 +129,8 @@ class OnnxModelService:
         Requests that arrive together are stacked along rows, run once, and handed back
         a slice each, so every caller gets exactly its own rows.
         """
+        if BATCHING["in_thread"]:  # a model call of milliseconds: see batching.resolve
+            return BatchPredictions(await to_thread.run_sync(self.model.run, feeds), self.respond)
         return BatchPredictions(self.model.run(feeds), self.respond)
 
     @bentoml.api(input_spec=FileRequest)

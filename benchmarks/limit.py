@@ -1,8 +1,14 @@
-"""The limit: in-process ONNX Runtime, no HTTP. Prints one JSON line.
+"""The limit: in-process ONNX Runtime, no HTTP, for one model of the store. Prints one line.
 
-For 1 and 1,000 values per call: `session.run` alone, and `session.run` with the
-JSON work a request needs (decode the body, build the float32 array, encode the
-answer). The bench runs this pinned to the server's core.
+- `costs`: milliseconds per `session.run` at 1, 8, 64 and 256 rows (what adaptive batching
+  can save at best: the cost per row at 1 row against at 256), measured the way the import
+  measures it (onnx_serving/batching.py);
+- `json`: calls per second of `session.run` with the JSON work a request needs (decode the
+  body, build the float32 array, encode the answer), for the bodies the bench sends.
+
+The bench runs this pinned to the server's core:
+
+    python -m benchmarks.limit MODEL SECONDS BODY.json [BODY.json ...]
 """
 
 from __future__ import annotations
@@ -11,11 +17,13 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import bentoml
 import numpy as np
 import onnxruntime as ort
 
+from onnx_serving import batching, model_store
 from onnx_serving.config import settings
 from onnx_serving.runner import session_options
 
@@ -25,40 +33,37 @@ def _calls_per_s(fn: Callable[[], object], seconds: float) -> float:
     calls, started = 0, time.perf_counter()
     deadline = started + seconds
     while (now := time.perf_counter()) < deadline:
-        for _ in range(50):
-            fn()
-        calls += 50
+        fn()
+        calls += 1
     return calls / (now - started)
 
 
-def measure(seconds: float) -> list[dict]:
-    stored = bentoml.models.get("linear-2x:latest")
+def measure(model: str, seconds: float, bodies: list[Path]) -> dict:
+    stored = bentoml.models.get(model)
+    sig = model_store.signature_of(stored)
     # The service's own session options, so "the limit" is what the service could reach.
     session = ort.InferenceSession(
-        stored.path_of("model.onnx"),
+        stored.path_of(model_store.ONNX_FILENAME),
         sess_options=session_options(settings()),
         providers=["CPUExecutionProvider"],
     )
     name, tag = session.get_inputs()[0].name, str(stored.tag)
-    results = []
-    for n in (1, 1000):
-        x = np.arange(n, dtype=np.float32).reshape(-1, 1) / 7
-        body = json.dumps({"x": x.reshape(-1).tolist()}).encode()
-
-        def bare(x: np.ndarray = x) -> object:
-            return session.run(None, {name: x})
+    width = sig.inputs[0].width or 1
+    result = {"model": tag, "costs": batching.call_costs(session, sig), "json": []}
+    for path in bodies:
+        body = path.read_bytes()
 
         def with_json(body: bytes = body) -> bytes:
-            values = json.loads(body)["x"]
-            xa = np.asarray(values, dtype=np.float32).reshape(-1, 1)
-            y = session.run(None, {name: xa})[0]
-            return json.dumps({"y": y.reshape(-1).tolist(), "model": tag}).encode()
+            x = np.asarray(json.loads(body)["x"], dtype=np.float32).reshape(-1, width)
+            y = session.run(None, {name: x})[0]
+            return json.dumps({"y": y.tolist(), "model": tag}).encode()
 
-        for mode, fn in (("session.run", bare), ("session.run+JSON", with_json)):
-            rate = _calls_per_s(fn, seconds)
-            results.append({"mode": mode, "values": n, "calls_per_s": rate, "us": 1e6 / rate})
-    return results
+        rate = _calls_per_s(with_json, seconds)
+        result["json"].append({"body": path.name, "calls_per_s": rate, "us": 1e6 / rate})
+    return result
 
 
 if __name__ == "__main__":
-    print("LIMIT_JSON " + json.dumps(measure(float(sys.argv[1]) if len(sys.argv) > 1 else 1.0)))
+    model, seconds, *bodies = sys.argv[1:]
+    out = measure(model, float(seconds), [Path(b) for b in bodies])
+    print("LIMIT_JSON " + json.dumps(out))

@@ -6,7 +6,7 @@
 #   load_tests/run.sh image [LOCUST ARGS...]   the container of `make run-image` (HOST or PORT)
 #
 # Environment: HOST, PORT, RUN_TIME (30s; 90s for SHAPE=step), SHAPE (steady|step|overload),
-# WORKERS (N local Locust worker processes), LOCUST_USER_CLASSES (MixedUser), REPORT_DIR,
+# LOCUST_PROCESSES (N local Locust worker processes), LOCUST_USER_CLASSES (MixedUser), REPORT_DIR,
 # and any LOCUST_* option, e.g. LOCUST_USERS=50 or LOCUST_P95_MS=5 (targets: see targets.py).
 set -euo pipefail
 
@@ -41,6 +41,8 @@ case "$SHAPE" in
   step) RUN_TIME="${RUN_TIME:-90s}"; LOCUSTFILES+=",load_tests/step_ramp.py" ;;
   # The shape ends the run itself (overload, then calm); RUN_TIME only bounds it.
   overload)
+    # One service worker unless told otherwise: one Locust process overloads it several times.
+    export WORKERS="${WORKERS:-1}"
     RUN_TIME="${RUN_TIME:-60s}"; LOCUSTFILES+=",load_tests/overload.py"
     export LOCUST_USER_CLASSES="${LOCUST_USER_CLASSES:-OverloadUser}" ;;
   *) echo "SHAPE must be steady, step or overload, got '$SHAPE'" >&2; exit 2 ;;
@@ -110,15 +112,16 @@ fi
 
 # --- Locust ------------------------------------------------------------------------------------
 DISTRIBUTED=()
-if [[ -n "${WORKERS:-}" && "${WORKERS}" != 0 ]]; then
-  # Master and N forked workers on this machine, talking over loopback on a free port.
+if [[ -n "${LOCUST_PROCESSES:-}" && "${LOCUST_PROCESSES}" != 0 ]]; then
+  # Locust's own --processes: a master and N forked workers on this machine, over loopback
+  # on a free port. (WORKERS is the service's.)
   master_port="$(free_port)"
-  DISTRIBUTED=(--processes "$WORKERS" --master-bind-host 127.0.0.1 --master-bind-port "$master_port"
+  DISTRIBUTED=(--master-bind-host 127.0.0.1 --master-bind-port "$master_port"
     --master-host 127.0.0.1 --master-port "$master_port")
 fi
 
 echo "Locust: $LOCUST_USER_CLASSES, shape $SHAPE, run time $RUN_TIME, target $TARGET" \
-  "${WORKERS:+, $WORKERS worker processes}; reports: $REPORT_DIR"
+  "${LOCUST_PROCESSES:+, $LOCUST_PROCESSES worker processes}; reports: $REPORT_DIR"
 set +e
 "$BIN/locust" --config load_tests/locust.conf -f "$LOCUSTFILES" -H "$TARGET" \
   --run-time "$RUN_TIME" --csv "$REPORT_DIR/locust" --csv-full-history \

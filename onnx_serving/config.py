@@ -50,6 +50,15 @@ def _bool(name: str) -> bool:
     raise ValueError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
 
 
+def _optional_int(name: str, minimum: int = 1) -> int | None:
+    return _int(name, 0, minimum) if os.environ.get(name) else None
+
+
+def _workers() -> int | str:
+    raw = os.environ.get("WORKERS", "").strip()
+    return "cpu_count" if raw in ("", "cpu_count") else _int("WORKERS", 1)
+
+
 MIB = 1 << 20
 # JSON spends at most this many bytes on one value in any request a client should send
 # ("-1.2345678901234567e-123, " is 26); a body past MAX_VALUES of them is refused unread.
@@ -89,11 +98,13 @@ class Settings:
     # ONNX Runtime threads per session; 1 suits tiny models and several workers.
     ort_intra_op_threads: int
     ort_inter_op_threads: int
-    # Adaptive batching for /predict_batched.
-    batch_max_size: int
-    batch_max_latency_ms: int
-    # HTTP worker processes of `bentoml serve` (each holds its own session).
-    workers: int
+    # Adaptive batching for /predict_batched; None: the settings measured for the model at
+    # import (onnx_serving/batching.py).
+    batch_max_size: int | None
+    batch_max_latency_ms: int | None
+    # HTTP worker processes of `bentoml serve` (each holds its own session): a number, or
+    # "cpu_count", BentoML's own: one per core the machine (or container) has.
+    workers: int | str
     # BentoML's per-request access log line and OpenTelemetry spans for prediction routes:
     # together more than half of a small request's CPU (see README, Performance), so off
     # unless asked for. Errors are logged and /metrics counts every request either way.
@@ -142,9 +153,9 @@ class Settings:
             file_chunk_rows=_int("FILE_CHUNK_ROWS", 262_144),
             ort_intra_op_threads=_int("ORT_INTRA_OP_THREADS", 1),
             ort_inter_op_threads=_int("ORT_INTER_OP_THREADS", 1),
-            batch_max_size=_int("BATCH_MAX_SIZE", 4096, minimum=2),
-            batch_max_latency_ms=_int("BATCH_MAX_LATENCY_MS", 1000),
-            workers=_int("WORKERS", 1),
+            batch_max_size=_optional_int("BATCH_MAX_SIZE", minimum=2),
+            batch_max_latency_ms=_optional_int("BATCH_MAX_LATENCY_MS"),
+            workers=_workers(),
             access_log=_bool("ACCESS_LOG"),
             trace_predictions=_bool("TRACE_PREDICTIONS"),
             max_json_bytes=_int("MAX_JSON_BYTES", JSON_BYTES_PER_VALUE * max_values + MIB),

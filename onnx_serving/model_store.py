@@ -165,12 +165,26 @@ def save(
         **metadata,
         "sha256": digest,
         "signature": sig.to_metadata(),
+        **({"batching": batching_profile(onnx_bytes, sig)} if sig.batchable else {}),
         "onnx_file": ONNX_FILENAME,
         "libraries": library_versions(),
     }
     with bentoml.models.create(tag, labels=labels, metadata=full_metadata) as ref:
         Path(ref.path_of(ONNX_FILENAME)).write_bytes(onnx_bytes)
     return str(ref.tag)
+
+
+def batching_profile(onnx_bytes: bytes, sig: signature.Signature) -> dict[str, Any]:
+    """The model's call costs and the batching settings chosen from them (batching.py)."""
+    import onnxruntime as ort
+
+    from . import batching
+    from .runner import session_options
+
+    session = ort.InferenceSession(
+        onnx_bytes, sess_options=session_options(), providers=["CPUExecutionProvider"]
+    )
+    return batching.profile(session, sig)
 
 
 def get_verified(ref: str) -> Any:

@@ -29,10 +29,11 @@ def test_bench_smoke(model_home: Path, tmp_path: Path) -> None:
     out = result.stdout
 
     # The table: its header, one row per kind of case, and the targets' footer.
-    for column in ("req/s", "values/s", "p50 ms", "p99 ms", "err", "srv%", "gen%", "xlimit"):
+    for column in ("req/s", "rows/s", "p50 ms", "p99 ms", "503", "err", "srv%", "gen%", "xlimit"):
         assert column in out
-    for case in ("limit session.run+JSON", "baseline FastAPI", "/predict_batched", "/predict_file"):
+    for case in ("== linear-2x", "in-process ms per call", "baseline FastAPI", "/predict_batched"):
         assert case in out
+    assert "/predict_file" in out and "Targets" in out
     assert "PASS" in out or "MISS" in out
 
     # The JSON report: real requests were answered, and both sides' CPU was measured.
@@ -40,20 +41,23 @@ def test_bench_smoke(model_home: Path, tmp_path: Path) -> None:
     assert len(reports) == 1, out
     report = json.loads(reports[0].read_text())
     assert report["meta"]["smoke"] is True
-    rows = {(r["case"], r["tool"], r["conns"], r["values_per_req"]): r for r in report["rows"]}
+    assert set(report["limits"]["linear-2x"]["costs"]) == {"1", "8", "64", "256"}
+    assert report["batching"]["linear-2x"]["max_batch_size"] >= 16
+    rows = {(r["case"], r["tool"], r["conns"]): r for r in report["rows"]}
     for key in [
-        ("baseline FastAPI", "wrk", 1, 1),
-        ("/predict", "wrk", 1, 1),
-        ("/predict", "python", 1, 1),
-        ("/predict_batched", "wrk", 1, 1),
+        ("baseline FastAPI", "wrk", 1),
+        ("/predict", "wrk", 1),
+        ("/predict", "python", 1),
+        ("/predict_batched", "wrk", 1),
+        ("/predict_batched", "python", 1),
     ]:
         row = rows[key]
-        assert row["requests"] > 0 and row["rps"] > 0, row
+        assert row["requests"] > 0 and row["rows_per_s"] > 0, row
         assert 0 < row["p50_ms"] <= row["p99_ms"], row
-        assert row["errors"] == 0, row
+        assert row["errors"] == 0 and row["refused"] == 0, row
         assert row["server_cpu"] > 0 and row["loadgen_cpu"] > 0, row
         assert row["x_limit"] is not None, row
-    assert rows[("/predict", "wrk", 1, 1)]["x_baseline"] is not None
+    assert rows[("/predict", "wrk", 1)]["x_baseline"] is not None
     (file_row,) = [r for r in report["rows"] if r["case"].startswith("/predict_file")]
     assert (
         file_row["errors"] == 0 and file_row["extra"]["rows_returned"] == file_row["extra"]["rows"]

@@ -123,9 +123,10 @@ OVERLOAD_CI = {
 
 @pytest.fixture(scope="module")
 def shedding_server(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`bentoml serve` with the default overload settings."""
+    """`bentoml serve` with the default overload settings, one worker (one Locust process
+    overloads it several times)."""
     log = tmp_path_factory.mktemp("overload") / "serve.log"
-    with running(model_home, log) as server:
+    with running(model_home, log, WORKERS="1") as server:
         yield server.url
 
 

@@ -1,0 +1,134 @@
+"""The targets a bench run is judged by: PASS or MISS, each with the figures behind it."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from benchmarks.report import Row, find
+
+DEMO, MLP, FOREST = "linear-2x", "bench-mlp", "bench-forest"
+
+
+def targets(
+    rows: list[Row], limits: dict[str, dict], batching: dict[str, dict], file_rows: int
+) -> list[dict]:
+    out: list[dict] = []
+
+    def check(name: str, ok: bool | None, detail: str) -> None:
+        status = "n/a" if ok is None else "PASS" if ok else "MISS"
+        out.append({"target": name, "status": status, "detail": detail})
+
+    # Adaptive batching where it should pay: the per-call-cost model at 64 clients.
+    b64, p64 = find(rows, MLP, "/predict_batched", 64), find(rows, MLP, "/predict", 64)
+    b1 = find(rows, MLP, "/predict_batched", 1, tool="python") or find(
+        rows, MLP, "/predict_batched", 1
+    )
+    if b64 and p64 and b1 and MLP in batching:
+        ratio = b64.rows_per_s / max(p64.rows_per_s, 1e-9)
+        bound = 2 * batching[MLP]["max_latency_ms"] + b1.p99_ms
+        check(
+            f"{MLP} c=64: /predict_batched >= 3x /predict rows/s, no 503, p99 bounded",
+            ratio >= 3 and b64.refused == 0 and b64.errors == 0 and b64.p99_ms <= bound,
+            f"{ratio:.2f}x ({b64.rows_per_s:,.0f} vs {p64.rows_per_s:,.0f} rows/s), "
+            f"{b64.refused} 503s, p99 {b64.p99_ms:.1f} ms (bound {bound:.1f})",
+        )
+
+    # One client: batching must not hold a lone request back.
+    for model in (DEMO, MLP, FOREST):
+        parts, ok = [], True
+        for tool in ("wrk", "python"):
+            b, p = (find(rows, model, c, 1, tool=tool) for c in ("/predict_batched", "/predict"))
+            if b and p:
+                ok &= b.p50_ms <= 1.5 * p.p50_ms
+                parts.append(f"{tool} {b.p50_ms:.2f} vs {p.p50_ms:.2f} ms")
+        if parts:
+            check(f"{model} c=1: /predict_batched p50 <= 1.5x /predict", ok, "; ".join(parts))
+
+    # Large requests through the batcher, and rows against flat values.
+    b1k, p1k = (find(rows, DEMO, c, 16, 1000) for c in ("/predict_batched", "/predict"))
+    if b1k and p1k:
+        check(
+            "1,000 values/request: /predict_batched >= 80% of /predict",
+            b1k.rows_per_s >= 0.8 * p1k.rows_per_s,
+            f"{b1k.rows_per_s:,.0f} vs {p1k.rows_per_s:,.0f} values/s "
+            f"({100 * b1k.rows_per_s / p1k.rows_per_s:.0f}%)",
+        )
+    rows1k = find(rows, DEMO, "/predict, rows", 16, 1000)
+    if rows1k and p1k:
+        check(
+            "1,000 rows of 1 feature sent as rows >= 80% of the same values sent flat",
+            rows1k.rows_per_s >= 0.8 * p1k.rows_per_s,
+            f"{rows1k.rows_per_s:,.0f} vs {p1k.rows_per_s:,.0f} rows/s "
+            f"({100 * rows1k.rows_per_s / p1k.rows_per_s:.0f}%)",
+        )
+    for model, features, share in ((FOREST, 16, 0.5), (MLP, 64, None)):
+        r = find(rows, model, "/predict, rows", 16, 1000)
+        if r and r.x_limit is not None:
+            check(
+                f"1,000 rows of {features} features >= 50% of the in-process limit with JSON"
+                if share
+                else f"1,000 rows of {features} features (shown, no target)",
+                r.x_limit >= share if share else None,
+                f"{r.rows_per_s:,.0f} rows/s, {100 * r.x_limit:.0f}% of the limit",
+            )
+
+    # Every core: two workers on the two cores against one.
+    one = [r.rps for r in rows if r.case == "/predict, WORKERS=1"]
+    two = [r.rps for r in rows if r.case == "/predict, WORKERS=2"]
+    if one and two:
+        ratio = statistics.median(two) / statistics.median(one)
+        check(
+            "WORKERS=2 on 2 cores >= 1.7x one worker, /predict c=16",
+            ratio >= 1.7,
+            f"{ratio:.2f}x (medians {statistics.median(two):,.0f} vs "
+            f"{statistics.median(one):,.0f} req/s over {len(one)} alternating rounds)",
+        )
+
+    v2 = find(rows, DEMO, "V2 infer, binary", 16, 1000)
+    raw = find(rows, DEMO, "/predict_binary", 16, 1000)
+    if v2 and raw:
+        check(
+            "V2 binary 1,000 values >= 90% of /predict_binary",
+            v2.rows_per_s >= 0.9 * raw.rows_per_s and v2.errors == 0,
+            f"{v2.rows_per_s:,.0f} vs {raw.rows_per_s:,.0f} values/s "
+            f"({100 * v2.rows_per_s / raw.rows_per_s:.0f}%)",
+        )
+
+    # From the first performance issue: the JSON route against a hand-written FastAPI app.
+    pred16, base16 = find(rows, DEMO, "/predict", 16), find(rows, DEMO, "baseline FastAPI", 16)
+    if pred16 and base16:
+        ratio = pred16.rps / base16.rps
+        check(
+            "demo /predict c=16 >= 1.5x the FastAPI baseline's req/s",
+            ratio >= 1.5,
+            f"{ratio:.2f}x ({pred16.rps:,.0f} vs {base16.rps:,.0f} req/s)",
+        )
+    batched = [r for r in rows if r.case.startswith("/predict_batched")]
+    if batched:
+        errs = sum(r.errors for r in batched)
+        check(
+            "/predict_batched: no errors (every model, every client count)",
+            errs == 0,
+            f"{errs} errors in {sum(r.requests for r in batched):,} requests",
+        )
+    _file_targets(rows, file_rows, check)
+    return out
+
+
+def _file_targets(rows: list[Row], file_rows: int, check: Any) -> None:
+    f = next((r for r in rows if r.case.startswith("/predict_file")), None)
+    if not f:
+        return
+    check(
+        "/predict_file >= 1M rows/s end to end",
+        f.rows_per_s >= 1e6 and f.errors == 0,
+        f"{f.rows_per_s:,.0f} rows/s for {f.extra['rows']:,} rows ({f.seconds:.2f} s)",
+    )
+    growth = f.extra["rss_growth_mb"]
+    check(
+        "/predict_file RSS growth < 100 MB for 10M rows",
+        (growth < 100) if file_rows >= 10_000_000 else None,
+        f"+{growth:.1f} MB for {file_rows:,} rows"
+        + ("" if file_rows >= 10_000_000 else " (run FILE_ROWS=10000000 for the 10M check)"),
+    )
