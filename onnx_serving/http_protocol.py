@@ -190,16 +190,40 @@ class Sweep:
 SWEEP = Sweep()
 
 
-def install() -> None:
-    """Make uvicorn's default ("auto") HTTP protocol this one, on asyncio's own event loop.
+class FairAcceptLoop(asyncio.SelectorEventLoop):
+    """asyncio's event loop, accepting as many connections per wake-up as the queue needs.
 
     uvloop's libuv accepts one connection per turn of the loop (libuv#3696, since 1.45): under
     overload a turn takes tens of milliseconds, and new connections, probes among them, waited
-    in the kernel's queue for seconds (753 waiting, /readyz answered after 8 s, measured with
-    1,024 clients). asyncio's loop accepts every waiting connection at once, and served this
-    service as fast as uvloop (README, Performance).
+    in the kernel's queue for seconds (753 waiting, /readyz answered after 8 s, with 1,024
+    clients). asyncio's own loop accepts every waiting connection at once, so with several
+    workers on one socket the first to wake took a whole burst (16 keep-alive connections on
+    one worker, the other idle). This one accepts one connection per wake-up while that
+    empties the queue, and twice as many each time it does not, so workers share bursts and
+    a deep queue is drained in a few turns.
     """
+
+    _cap = 1
+    _accepted = 0
+
+    def _accept_connection(self, protocol_factory, sock, sslcontext=None, server=None,
+                           backlog=100, *args):  # type: ignore[override]  # fmt: skip
+        self._accepted = 0
+        super()._accept_connection(protocol_factory, sock, sslcontext, server, self._cap, *args)
+        self._cap = min(self._cap * 2, backlog) if self._accepted >= self._cap else 1
+
+    def _accept_connection2(self, *args, **kwargs):  # type: ignore[override]
+        self._accepted += 1
+        return super()._accept_connection2(*args, **kwargs)
+
+
+def fair_loop_factory(use_subprocess: bool = False) -> type[asyncio.AbstractEventLoop]:
+    return FairAcceptLoop
+
+
+def install() -> None:
+    """Make uvicorn's default ("auto") HTTP protocol this one, on FairAcceptLoop."""
     import uvicorn.config
 
     uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:GuardedHttpToolsProtocol"
-    uvicorn.config.LOOP_FACTORIES["auto"] = "uvicorn.loops.asyncio:asyncio_loop_factory"
+    uvicorn.config.LOOP_FACTORIES["auto"] = f"{__name__}:fair_loop_factory"
