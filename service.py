@@ -5,7 +5,7 @@
     POST /predict_file     a large CSV or .npy file, streamed through in chunks
     POST /predict_binary   raw little-endian tensors in and out, for large requests
     POST /predict_image    a PNG or JPEG, for image models: the top classes
-    GET  /metadata         which model answers, its file, hash, metrics and signature
+    GET  /metadata         which versions are served and routed, their files, hashes, metrics
     /v2/...                the Open Inference Protocol (KServe V2), JSON and binary
 
 Data flows one way: HTTP body -> validation (onnx_serving.validation, .tensors, .v2)
@@ -14,12 +14,21 @@ Data flows one way: HTTP body -> validation (onnx_serving.validation, .tensors, 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from pathlib import Path
+from typing import Any
 
 import bentoml
 
-from onnx_serving import batching, bentoml_fixes, dispatcher, http_protocol, model_store
+from onnx_serving import (
+    batching,
+    bentoml_fixes,
+    dispatcher,
+    http_protocol,
+    metrics,
+    model_store,
+)
 from onnx_serving.config import settings
 from onnx_serving.drain import DRAINER, DrainMiddleware
 from onnx_serving.feeds import BatchPredictions, Feeds
@@ -32,8 +41,9 @@ from onnx_serving.guards import (
 )
 from onnx_serving.openapi import CompleteDocs
 from onnx_serving.routes import app as plain_routes
+from onnx_serving.routing import Router, RoutingError
 from onnx_serving.tensors import InvalidInput
-from onnx_serving.validation import request_model, responder, response_model
+from onnx_serving.validation import request_model, response_model
 
 with bentoml.importing():
     from anyio import to_thread
@@ -42,6 +52,7 @@ with bentoml.importing():
 
     from onnx_serving.batch_files import FileRequest, predict_file
     from onnx_serving.runner import ModelRunner
+    from onnx_serving.versions import Versions
 
 # uvicorn's HTTP protocol with load shedding before the app (MAX_QUEUE_MS, MAX_IN_FLIGHT) and
 # the header and body read timeouts it lacks; BentoML's request timeout without its timer
@@ -50,20 +61,21 @@ http_protocol.install()
 bentoml_fixes.apply()
 dispatcher.apply()
 SETTINGS = settings()
-# Resolve and check the model here, in the `bentoml serve` process itself: a missing model
-# or a hash mismatch then stops the command at once, instead of a worker failing at start
-# and being restarted forever.
-STORED = model_store.get_verified(SETTINGS.model_ref)
-MODEL = bentoml.models.BentoModel(str(STORED.tag))
-SIGNATURE = model_store.signature_of(STORED)
+# Resolve and check the served versions here, in the `bentoml serve` process itself: a
+# missing model, a hash mismatch or a routing that names a version not served then stops
+# the command at once, instead of a worker failing at start and being restarted forever.
+REFS = [t.strip() for t in SETTINGS.model_tags.split(",") if t.strip()] or [SETTINGS.model_ref]
+STORED, SIGNATURE = model_store.get_verified_set(REFS)
+ROUTING = Router.from_settings([str(s.tag) for s in STORED], SETTINGS.routing_file)
 if server_context.worker_index is None:
     # Not a worker: `bentoml serve` itself (or `bentoml build`). A model that can't run would
     # fail every worker at start, and BentoML would restart them forever: try it here, once,
     # so the command stops with the reason instead.
-    ModelRunner(SETTINGS).load(STORED, SIGNATURE)
-# Adaptive batching as measured for this model at import, unless the environment says.
+    for stored in STORED:
+        ModelRunner(SETTINGS).load(stored, SIGNATURE)
+# Adaptive batching as measured for the first version at import, unless the environment says.
 BATCHING = batching.resolve(
-    STORED.info.metadata, SETTINGS.batch_max_size, SETTINGS.batch_max_latency_ms
+    STORED[0].info.metadata, SETTINGS.batch_max_size, SETTINGS.batch_max_latency_ms
 )
 # The request and response bodies follow the served model's inputs and outputs.
 PredictRequest = request_model(SIGNATURE, SETTINGS.max_values)
@@ -85,15 +97,15 @@ PredictResponse = response_model(SIGNATURE)
     labels={"project": "onnx-bento-service"},
 )
 class OnnxModelService:
-    # A class attribute, so that `bentoml build` packs the model into the bento.
-    model_ref = MODEL
+    # A class attribute, so that `bentoml build` packs the (first) model into the bento.
+    model_ref = bentoml.models.BentoModel(str(STORED[0].tag))
 
     def __init__(self) -> None:
         # STORED was verified at import; loading and warm-up finish before /readyz turns 200.
         self.runner = ModelRunner(SETTINGS)
-        self.model = self.runner.load(STORED, SIGNATURE)
-        self.model.info["batching"] = BATCHING  # /metadata: what /predict_batched runs with
-        self.respond = responder(SIGNATURE, self.model.tag, PredictResponse)
+        for stored in STORED:
+            self.runner.load(stored, SIGNATURE).info["batching"] = BATCHING
+        self.versions = Versions(self.runner, ROUTING, PredictResponse)
         # Everything alive now (BentoML, pydantic, ONNX Runtime...) lives as long as the
         # worker: keep it out of the garbage collector's full passes, which otherwise stop the
         # worker for ~150 ms every few seconds under load, for nothing to collect.
@@ -101,19 +113,31 @@ class OnnxModelService:
         gc.freeze()
 
     @bentoml.on_startup
-    async def install_drain(self) -> None:
-        # Runs in the worker's event loop inside uvicorn's serve(): SIGTERM starts a drain.
+    async def start_worker_tasks(self) -> None:
+        # In the worker's event loop inside uvicorn's serve(): SIGTERM starts a drain, and a
+        # routing file is reloaded when it changes.
         DRAINER.install()
+        if ROUTING.file is not None:
+            self.watcher = asyncio.get_running_loop().create_task(ROUTING.watch())
 
     async def __is_ready__(self) -> bool:
         # /readyz answers 503 while the worker drains after SIGTERM.
         return not DRAINER.draining
 
     @bentoml.api(input_spec=PredictRequest, output_spec=PredictResponse)
-    async def predict(self, feeds: Feeds) -> PredictResponse:
-        """Real-time prediction: rows in, predictions out, in the same order."""
+    async def predict(self, feeds: Feeds, ctx: bentoml.Context) -> PredictResponse:
+        """Real-time prediction: rows in, predictions out, in the same order. The version
+        that answers: `X-Model-Version`, else the routing (default, canary by
+        `X-Request-Key`); `X-Model` and the body's `model` name it."""
+        request = ctx.request
+        try:
+            model, route = self.versions.choose(request.headers, request.client.host)
+        except RoutingError as exc:
+            return unknown_version(exc, ctx)
         # async and inline: a microsecond-scale ONNX call is cheaper than a thread hop.
-        return self.respond(self.model.run(feeds))
+        outputs = model.run(feeds)
+        self.versions.answered(route, "/predict", feeds, outputs)
+        return self.versions.respond[route.tag](outputs)
 
     @bentoml.api(
         batchable=True,
@@ -124,25 +148,48 @@ class OnnxModelService:
         output_spec=PredictResponse,
     )
     async def predict_batched(self, feeds: Feeds) -> BatchPredictions:
-        """The same contract as /predict, served through BentoML's adaptive batching.
+        """The same contract as /predict, served through BentoML's adaptive batching, by the
+        default version (a batch is one call of one version).
 
         Requests that arrive together are stacked along rows, run once, and handed back
         a slice each, so every caller gets exactly its own rows.
         """
+        model, route = self.versions.default()
         if BATCHING["in_thread"]:  # a model call of milliseconds: see batching.resolve
-            return BatchPredictions(await to_thread.run_sync(self.model.run, feeds), self.respond)
-        return BatchPredictions(self.model.run(feeds), self.respond)
+            outputs = await to_thread.run_sync(model.run, feeds)
+        else:
+            outputs = model.run(feeds)
+        self.versions.copy_to_shadow(route, feeds, outputs)
+        respond = self.versions.respond[route.tag]
+
+        def answer(rows: dict) -> Any:
+            self.versions.count(route, "/predict_batched", len(next(iter(rows.values()))))
+            return respond(rows)
+
+        return BatchPredictions(outputs, answer)
 
     @bentoml.api(input_spec=FileRequest)
-    def predict_file(self, file: Path) -> Path:
+    def predict_file(self, file: Path, ctx: bentoml.Context) -> Path:
         """Batch inference on a CSV (columns named in /metadata's signature) or a .npy file."""
         # Sync: BentoML runs it in a worker thread, so the event loop keeps serving.
         try:
-            return predict_file(
-                file, file.parent, SIGNATURE, self.model.run, SETTINGS.file_chunk_rows
-            )
+            model, route = self.versions.choose(ctx.request.headers, ctx.request.client.host)
+            result = predict_file(file, file.parent, SIGNATURE, model.run, SETTINGS.file_chunk_rows)
+        except RoutingError as exc:
+            return unknown_version(exc, ctx)
         except InvalidInput as exc:
+            metrics.REJECTIONS.labels(reason=metrics.reason_of(str(exc))).inc()
+            ctx.response.status_code = 400  # BentoML sets a context's status on the response
             return JSONResponse({"error": str(exc)}, status_code=400)
+        self.versions.count(route, "/predict_file", 0)
+        ctx.response.headers["X-Model"] = route.tag
+        return result
+
+
+def unknown_version(exc: Exception, ctx: bentoml.Context) -> JSONResponse:
+    metrics.REJECTIONS.labels(reason="version").inc()
+    ctx.response.status_code = 404  # BentoML sets a context's status on the response
+    return JSONResponse({"error": str(exc)}, status_code=404)
 
 
 # Outermost first: the drain's Connection: close, batching's 503, who may call, what they send.

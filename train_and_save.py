@@ -256,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["optimize"]:  # an optimized variant of a stored model (optimize.py)
+        from onnx_serving import optimize
+
+        return optimize.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.samples < 10:

@@ -1,181 +1,146 @@
-"""Settings, read once from the environment when the service starts.
+"""Settings, read once from the environment when the service starts (pydantic-settings).
 
-Every knob the service has lives here with its default, so the README's
-configuration table and the code can't drift apart.
+Every knob the service has is a field here, typed and validated, with its default; its
+environment variable is the field's name in capitals unless an alias says otherwise. The
+README's configuration tables are checked against this class (tests/test_units.py).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import re
-from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_NAME = "linear-2x"
-
-
-def _int(name: str, default: int, minimum: int = 1) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _float(name: str, default: float, minimum: float = 0.0) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum:g}, got {value:g}")
-    return value
-
-
-def _bool(name: str) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise ValueError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
-
-
-def _optional_int(name: str, minimum: int = 1) -> int | None:
-    return _int(name, 0, minimum) if os.environ.get(name) else None
-
-
-def _workers() -> int | str:
-    raw = os.environ.get("WORKERS", "").strip()
-    return "cpu_count" if raw in ("", "cpu_count") else _int("WORKERS", 1)
-
-
 MIB = 1 << 20
 # JSON spends at most this many bytes on one value in any request a client should send
 # ("-1.2345678901234567e-123, " is 26); a body past MAX_VALUES of them is refused unread.
 JSON_BYTES_PER_VALUE = 26
 
 
-def _api_key_hashes() -> tuple[str, ...]:
-    """SHA-256 hex digests of the accepted API keys: from API_KEY (the key itself),
-    API_KEY_SHA256 (digests, comma-separated) and API_KEY_FILE (one key per line)."""
-    keys = [k.strip() for k in os.environ.get("API_KEY", "").split(",") if k.strip()]
-    path = os.environ.get("API_KEY_FILE", "")
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                keys += [line.strip() for line in f if line.strip()]
-        except OSError as exc:
-            raise ValueError(f"API_KEY_FILE: {exc.strerror}: {path}") from None
-    hashes = [hashlib.sha256(k.encode()).hexdigest() for k in keys]
-    for digest in os.environ.get("API_KEY_SHA256", "").split(","):
-        digest = digest.strip().lower()
-        if digest and not re.fullmatch(r"[0-9a-f]{64}", digest):
-            raise ValueError("API_KEY_SHA256 must be SHA-256 hex digests, comma-separated")
-        if digest:
-            hashes.append(digest)
-    return tuple(hashes)
+def env(name: str) -> AliasChoices:
+    """An environment variable whose name is not the field's."""
+    return AliasChoices(name)
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
     # Which model to serve: a full tag wins over a name (which means "its latest version").
-    model_name: str
-    model_tag: str | None
+    model_name: str = DEFAULT_MODEL_NAME
+    model_tag: str | None = None
+    # Several versions side by side (onnx_serving/routing.py): the served set, and a file with
+    # the routing between them (default, canary, shadow), reloaded when it changes.
+    model_tags: str = ""
+    routing_file: Path | None = None
     # Largest number of values (rows x features) one JSON request may carry.
-    max_values: int
+    max_values: int = Field(1_000_000, gt=0)
     # Rows per chunk when /predict_file streams a large file through the model.
-    file_chunk_rows: int
+    file_chunk_rows: int = Field(262_144, gt=0)
     # ONNX Runtime threads per session; 1 suits tiny models and several workers.
-    ort_intra_op_threads: int
-    ort_inter_op_threads: int
+    ort_intra_op_threads: int = Field(1, gt=0)
+    ort_inter_op_threads: int = Field(1, gt=0)
     # Adaptive batching for /predict_batched; None: the settings measured for the model at
     # import (onnx_serving/batching.py).
-    batch_max_size: int | None
-    batch_max_latency_ms: int | None
-    # HTTP worker processes of `bentoml serve` (each holds its own session): a number, or
+    batch_max_size: int | None = Field(None, ge=2)
+    batch_max_latency_ms: int | None = Field(None, gt=0)
+    # HTTP worker processes of `bentoml serve` (each holds its own sessions): a number, or
     # "cpu_count", BentoML's own: one per core the machine (or container) has.
-    workers: int | str
+    workers: int | Literal["cpu_count"] = "cpu_count"
     # BentoML's per-request access log line and OpenTelemetry spans for prediction routes:
-    # together more than half of a small request's CPU (see README, Performance), so off
-    # unless asked for. Errors are logged and /metrics counts every request either way.
-    access_log: bool
-    trace_predictions: bool
+    # together more than half of a small request's CPU (README, Performance), so off unless
+    # asked for. Errors are logged and /metrics counts every request either way.
+    access_log: bool = False
+    trace_predictions: bool = False
     # Request bodies, in bytes, checked from Content-Length before a byte is read and
-    # counted while a body without one streams in (413 past them).
-    max_json_bytes: int
-    max_binary_bytes: int
-    max_file_bytes: int
-    max_image_bytes: int
+    # counted while a body without one streams in (413 past them). None: from MAX_VALUES.
+    max_json_bytes: int | None = Field(None, gt=0)
+    max_binary_bytes: int | None = Field(None, gt=0)
+    max_file_bytes: int = Field(1024 * MIB, gt=0)
+    max_image_bytes: int = Field(20 * MIB, gt=0)
     # Overload: the queueing a worker aims for, and the bounds of how many prediction
     # requests it admits at once; past them it refuses with 503 + Retry-After (admission.py).
-    max_queue_ms: int
-    min_in_flight: int
-    max_in_flight: int
-    retry_after_s: int
+    max_queue_ms: int = Field(25, gt=0)
+    min_in_flight: int = Field(16, gt=0)
+    max_in_flight: int = Field(256, gt=0)
+    retry_after_s: int = Field(1, gt=0)
     # SIGTERM: keep serving (Connection: close, /readyz 503) this long, then stop listening
     # and give open connections this long to get their last answer (drain.py).
-    drain_seconds: float
-    drain_close_grace_s: float
+    drain_seconds: float = Field(1.0, ge=0)
+    drain_close_grace_s: float = Field(3.0, ge=0)
     # Connections that don't send their headers (or a body stalls) this long get a 408.
-    http_header_timeout_s: float
-    http_body_timeout_s: float
-    # SHA-256 digests of the accepted API keys; empty: no authentication. Never the keys.
-    api_key_hashes: tuple[str, ...] = field(default=(), repr=False)
+    http_header_timeout_s: float = Field(10.0, ge=0, validation_alias=env("HTTP_HEADER_TIMEOUT"))
+    http_body_timeout_s: float = Field(30.0, ge=0, validation_alias=env("HTTP_BODY_TIMEOUT"))
+    # API keys: the keys themselves (comma-separated), their SHA-256 digests, or a file of
+    # keys, one per line. None set: no authentication. Never logged, never in repr.
+    api_key: SecretStr | None = None
+    api_key_sha256: SecretStr | None = None
+    api_key_file: Path | None = None
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
         if self.min_in_flight > self.max_in_flight:
             raise ValueError(
                 f"MIN_IN_FLIGHT ({self.min_in_flight}) must not exceed MAX_IN_FLIGHT "
                 f"({self.max_in_flight})"
             )
+        self.api_key_hashes  # noqa: B018  (reads the key file: a bad one fails at start)
+        return self
+
+    @property
+    def json_limit(self) -> int:
+        return self.max_json_bytes or JSON_BYTES_PER_VALUE * self.max_values + MIB
+
+    @property
+    def binary_limit(self) -> int:
+        # 8 bytes: the widest numeric type (float64, int64) per value.
+        return self.max_binary_bytes or 8 * self.max_values + MIB
 
     @property
     def model_ref(self) -> str:
         return self.model_tag or f"{self.model_name}:latest"
 
-    @classmethod
-    def from_env(cls) -> Settings:
-        max_values = _int("MAX_VALUES", 1_000_000)
-        return cls(
-            model_name=os.environ.get("MODEL_NAME") or DEFAULT_MODEL_NAME,
-            model_tag=os.environ.get("MODEL_TAG") or None,
-            max_values=max_values,
-            file_chunk_rows=_int("FILE_CHUNK_ROWS", 262_144),
-            ort_intra_op_threads=_int("ORT_INTRA_OP_THREADS", 1),
-            ort_inter_op_threads=_int("ORT_INTER_OP_THREADS", 1),
-            batch_max_size=_optional_int("BATCH_MAX_SIZE", minimum=2),
-            batch_max_latency_ms=_optional_int("BATCH_MAX_LATENCY_MS"),
-            workers=_workers(),
-            access_log=_bool("ACCESS_LOG"),
-            trace_predictions=_bool("TRACE_PREDICTIONS"),
-            max_json_bytes=_int("MAX_JSON_BYTES", JSON_BYTES_PER_VALUE * max_values + MIB),
-            # 8 bytes: the widest numeric type (float64, int64) per value.
-            max_binary_bytes=_int("MAX_BINARY_BYTES", 8 * max_values + MIB),
-            max_file_bytes=_int("MAX_FILE_BYTES", 1024 * MIB),
-            max_image_bytes=_int("MAX_IMAGE_BYTES", 20 * MIB),
-            max_queue_ms=_int("MAX_QUEUE_MS", 25),
-            min_in_flight=_int("MIN_IN_FLIGHT", 16),
-            max_in_flight=_int("MAX_IN_FLIGHT", 256),
-            retry_after_s=_int("RETRY_AFTER_S", 1),
-            drain_seconds=_float("DRAIN_SECONDS", 1.0),
-            drain_close_grace_s=_float("DRAIN_CLOSE_GRACE_S", 3.0),
-            http_header_timeout_s=_float("HTTP_HEADER_TIMEOUT", 10.0),
-            http_body_timeout_s=_float("HTTP_BODY_TIMEOUT", 30.0),
-            api_key_hashes=_api_key_hashes(),
-        )
+    @functools.cached_property
+    def api_key_hashes(self) -> tuple[str, ...]:
+        """SHA-256 hex digests of the accepted API keys; empty: no authentication."""
+        keys = [k.strip() for k in _secret(self.api_key).split(",") if k.strip()]
+        if self.api_key_file:
+            try:
+                text = self.api_key_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"API_KEY_FILE: {exc.strerror}: {self.api_key_file}") from None
+            keys += [line.strip() for line in text.splitlines() if line.strip()]
+        hashes = [hashlib.sha256(k.encode()).hexdigest() for k in keys]
+        for digest in _secret(self.api_key_sha256).split(","):
+            digest = digest.strip().lower()
+            if digest and not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError("API_KEY_SHA256 must be SHA-256 hex digests, comma-separated")
+            if digest:
+                hashes.append(digest)
+        return tuple(hashes)
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value() if value else ""
+
+
+class SettingsError(ValueError):
+    """A setting the service can't start with; the message names the variable."""
 
 
 @functools.cache
 def settings() -> Settings:
     """The process's settings; read from the environment on first use only."""
-    return Settings.from_env()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            name = str(err["loc"][0]).upper() if err["loc"] else "settings"
+            problems.append(f"{name}: {err['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None

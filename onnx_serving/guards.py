@@ -13,6 +13,7 @@ import hmac
 import json
 from typing import Any
 
+from . import metrics
 from .config import Settings
 
 # Open to everyone, whatever else is configured: orchestrators and scrapers call them.
@@ -32,10 +33,16 @@ ROUTE_MEDIA_TYPES = {
 }
 
 
+# The input rejections these guards answer, by status, for onnx_input_rejections_total.
+REASONS = {401: "unauthorized", 413: "body_too_large", 415: "media_type", 400: "media_type"}
+
+
 async def reply(
     send: Any, status: int, message: str, headers: dict[str, str] | None = None
 ) -> None:
-    """Send a whole JSON error response."""
+    """Send a whole JSON error response (and count an input rejection)."""
+    if status in REASONS:
+        metrics.REJECTIONS.labels(reason=REASONS[status]).inc()
     body = json.dumps({"error": message}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -118,16 +125,16 @@ class BodyLimit:
 
     def __init__(self, app: Any, settings: Settings) -> None:
         self.app = app
-        json_limit = (settings.max_json_bytes, "MAX_JSON_BYTES")
+        json_limit = (settings.json_limit, "MAX_JSON_BYTES")
         self.limits = {
             "/predict": json_limit,
             "/predict_batched": json_limit,
-            "/predict_binary": (settings.max_binary_bytes, "MAX_BINARY_BYTES"),
+            "/predict_binary": (settings.binary_limit, "MAX_BINARY_BYTES"),
             "/predict_file": (settings.max_file_bytes, "MAX_FILE_BYTES"),
             "/predict_image": (settings.max_image_bytes, "MAX_IMAGE_BYTES"),
         }
         # V2 infer takes JSON or a JSON header plus binary tensors: the larger limit.
-        self.default = max(json_limit, (settings.max_binary_bytes, "MAX_BINARY_BYTES"))
+        self.default = max(json_limit, (settings.binary_limit, "MAX_BINARY_BYTES"))
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):

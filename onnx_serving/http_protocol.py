@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from . import metrics
 from .admission import Admission
 from .config import settings
 from .drain import DRAINER
@@ -130,6 +131,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         keep_alive = cycle.keep_alive and not DRAINER.draining
         # A complete response: on_body and on_message_complete drop the rest of the request.
         cycle.response_started = cycle.response_complete = True
+        metrics.SHED.inc()
         self.transport.write(ADMISSION.refusal(keep_alive))
         if keep_alive:
             self.on_response_complete()  # what a finished cycle does: keep-alive, pipelining
@@ -150,6 +152,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # produced: let that response finish first.
             self._expect(self.header_timeout, self._on_header_timeout)
             return
+        metrics.REJECTIONS.labels(reason="timeout").inc()
         self.transport.write(_RESPONSE_408)
         self.transport.close()
 
@@ -160,6 +163,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and not cycle.response_started:
             cycle.response_started = True  # the app's own response, if any, is dropped
+            metrics.REJECTIONS.labels(reason="timeout").inc()
             self.transport.write(_RESPONSE_408)
         self.transport.close()  # connection_lost tells the app: http.disconnect
 

@@ -211,6 +211,34 @@ def get_verified(ref: str) -> Any:
     return stored
 
 
+def get_verified_set(refs: list[str]) -> tuple[list[Any], signature.Signature]:
+    """Several stored versions to serve side by side, each verified as get_verified does, and
+    the signature they share: every version must take and give the same tensors (the request
+    and response bodies are built once, from it)."""
+    stored = [get_verified(ref) for ref in refs]
+    tags = [str(s.tag) for s in stored]
+    if len(set(tags)) != len(tags):
+        raise InvalidModel(f"MODEL_TAGS names a version twice: {tags}")
+    sigs = [signature_of(s) for s in stored]
+
+    def contract(sig: signature.Signature) -> tuple:
+        def specs(ts: tuple) -> tuple:
+            return tuple(
+                (t.name, t.onnx_type, tuple(d if signature.is_static(d) else "?" for d in t.shape))
+                for t in ts
+            )
+
+        return specs(sig.inputs), specs(sig.outputs), sig.batch, sig.classes
+
+    for tag, sig in zip(tags[1:], sigs[1:], strict=True):
+        if contract(sig) != contract(sigs[0]):
+            raise InvalidModel(
+                f"{tag} takes or gives other tensors than {tags[0]}; versions served side by "
+                "side must share their inputs and outputs (serve the other in its own service)"
+            )
+    return stored, sigs[0]
+
+
 def bentoml_home() -> str:
     from bentoml._internal.configuration.containers import BentoMLContainer
 

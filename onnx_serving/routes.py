@@ -15,8 +15,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
-from . import images, v2
+from . import images, metrics, v2
 from .config import settings
+from .routing import RoutingError
 from .tensors import InvalidInput, check_values, from_bytes, to_bytes
 from .validation import check_feeds
 
@@ -41,18 +42,50 @@ async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
 
 @app.exception_handler(InvalidInput)
 async def invalid_input(_: Request, exc: InvalidInput) -> JSONResponse:
+    metrics.REJECTIONS.labels(reason=metrics.reason_of(str(exc))).inc()
     return JSONResponse({"error": str(exc)}, 400)
 
 
-def current_model() -> Any:
+def versions() -> Any:
+    """The served versions of this worker (onnx_serving/versions.py)."""
     import bentoml
 
-    return bentoml.get_current_service().model
+    return bentoml.get_current_service().versions
 
 
-@app.get("/metadata", summary="Which model answers: tag, file, SHA-256, signature, metrics")
+def chosen(request: Request) -> tuple[Any, Any]:
+    """The model that answers `request`, and how it was chosen (404 for an unknown version)."""
+    try:
+        return versions().choose(request.headers, request.client.host if request.client else "")
+    except RoutingError as exc:
+        metrics.REJECTIONS.labels(reason="version").inc()
+        raise StarletteHTTPException(404, str(exc)) from None
+
+
+@app.get(
+    "/metadata",
+    summary="Which model answers: the default version's tag, file, SHA-256, signature and "
+    "metrics; every served version; the routing",
+)
 async def metadata() -> JSONResponse:
-    return JSONResponse(current_model().info)
+    served = versions()
+    router = served.router
+    default = served.runner.models[router.default]
+    routing = {
+        "default": router.default,
+        "canary": {"version": router.canary[0], "percent": router.canary[1]}
+        if router.canary
+        else None,
+        "shadow": router.shadow,
+        "file": str(router.file) if router.file else None,
+    }
+    return JSONResponse(
+        {
+            **default.info,
+            "routing": routing,
+            "versions": {t: m.info for t, m in served.runner.models.items()},
+        }
+    )
 
 
 BINARY_DOC = {
@@ -86,7 +119,7 @@ BINARY_DOC = {
 async def predict_binary(request: Request) -> Response:
     """The body is the input's values (its own type, little-endian); `X-Shape: rows,...`
     gives the shape, else rows of the input's static width. No JSON to parse or write."""
-    model = current_model()
+    model, route = chosen(request)
     sig = model.signature
     if not (sig.single_input and sig.single_output):
         raise InvalidInput("/predict_binary serves models of one input and one output; use V2")
@@ -98,7 +131,9 @@ async def predict_binary(request: Request) -> Response:
     values = from_bytes(body, spec.dtype, int(np.prod(shape)), "the body")
     values = check_values(values.reshape(shape), spec.dtype, "x", sig.allow_nan)
     feeds = check_feeds(sig, {spec.name: values}, settings().max_values)
-    (y,) = model.run(feeds).values()
+    outputs = model.run(feeds)
+    versions().answered(route, "/predict_binary", feeds, outputs)
+    (y,) = outputs.values()
     return Response(
         to_bytes(y),
         media_type="application/octet-stream",
@@ -137,10 +172,12 @@ def _shape(header: str | None, nbytes: int, spec: Any) -> list[int]:
     responses={400: {"description": "Not an image model, or not a readable image"}},
 )
 async def predict_image(
+    request: Request,
+    response: Response,
     file: Annotated[UploadFile, File(description="A PNG or JPEG picture")],
     top_k: Annotated[int, Query(ge=1, le=1000, description="How many classes to return")] = 5,
 ) -> dict[str, Any]:
-    model = current_model()
+    model, route = chosen(request)
     sig = model.signature
     if sig.image is None:
         raise InvalidInput(
@@ -148,7 +185,10 @@ async def predict_image(
             "1 or 3 channels"
         )
     tensor = images.to_tensor(await file.read(), sig.image)
-    outputs = model.run(check_feeds(sig, {sig.inputs[0].name: tensor}, settings().max_values))
+    feeds = check_feeds(sig, {sig.inputs[0].name: tensor}, settings().max_values)
+    outputs = model.run(feeds)
+    versions().answered(route, "/predict_image", feeds, outputs)
+    response.headers["X-Model"] = model.tag
     scores = next(iter(outputs.values()))
     return {"top": images.top_classes(scores[0], sig.image, sig.classes, top_k), "model": model.tag}
 

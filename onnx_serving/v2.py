@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from . import metrics
 from .tensors import InvalidInput
 from .v2_codec import HEADER_LENGTH, InferRequest, InferResponse, V2Error, feeds_of, parse, respond
 
@@ -43,19 +44,30 @@ def _inline(model: type[BaseModel]) -> dict[str, Any]:
     return walk(schema)
 
 
-def _model(name: str, version: str | None) -> Any:
-    """The loaded model V2 calls `name` (and `version`), or V2Error 404."""
+def _served() -> Any:
     import bentoml
 
-    runner = bentoml.get_current_service().runner
-    for model in runner.models.values():
+    return bentoml.get_current_service().versions
+
+
+def _model(name: str, version: str | None, request: Request | None = None) -> tuple[Any, Any]:
+    """The loaded model V2 calls `name` (and `version`) and how it was chosen, or V2Error 404.
+    Without a version, the routing picks (default, or canary by X-Request-Key)."""
+    from .routing import Route
+
+    served = _served()
+    if version is None and request is not None:
+        client = request.client.host if request.client else ""
+        model, route = served.choose({**request.headers, "x-model-version": ""}, client)
+        if model.tag.split(":")[0] == name:
+            return model, route
+    for model in served.runner.models.values():
         tag_name, tag_version = model.tag.split(":")
         if tag_name == name and version in (None, tag_version):
-            return model
-    served = sorted(runner.models)
+            return model, Route(model.tag, "explicit" if version else "default")
     raise V2Error(
         f"model {name!r}{f' version {version!r}' if version else ''} is not served; "
-        f"served: {served}",
+        f"served: {sorted(served.runner.models)}",
         404,
     )
 
@@ -111,19 +123,21 @@ def params(*names: str, **extra: Any) -> dict[str, Any]:
 )
 async def model_metadata(request: Request) -> JSONResponse:
     name = request.path_params["name"]
+    version = request.path_params.get("version")
     try:
-        model = _model(name, request.path_params.get("version"))
+        model, _ = _model(name, version)
     except V2Error as exc:
         return error(str(exc), exc.status)
     sig = model.signature
     tag_name, tag_version = model.tag.split(":")
+    every = [t.split(":")[1] for t in _served().runner.models if t.split(":")[0] == tag_name]
 
     def tensors(specs: Any) -> list[dict[str, Any]]:
         return [{"name": s.name, "datatype": s.datatype, "shape": s.v2_shape()} for s in specs]
 
     body = {
         "name": tag_name,
-        "versions": [tag_version],
+        "versions": [tag_version] if version else every,
         "platform": "onnxruntime_onnx",
         "inputs": tensors(sig.inputs),
         "outputs": tensors(sig.outputs),
@@ -180,11 +194,20 @@ async def infer(request: Request) -> Response:
     from .config import settings
 
     try:
-        model = _model(request.path_params["name"], request.path_params.get("version"))
+        model, route = _model(
+            request.path_params["name"], request.path_params.get("version"), request
+        )
         parsed, binary = parse(await request.body(), request.headers.get(HEADER_LENGTH))
         feeds = feeds_of(parsed, binary, model, settings().max_values)
-        return respond(parsed, model, model.run(feeds))
+        outputs = model.run(feeds)
+        _served().answered(route, "/v2/infer", feeds, outputs)
+        response = respond(parsed, model, outputs)
+        response.headers["X-Model"] = model.tag
+        return response
     except V2Error as exc:
+        if exc.status == 400:
+            metrics.REJECTIONS.labels(reason=metrics.reason_of(str(exc))).inc()
         return error(str(exc), exc.status)
     except InvalidInput as exc:
+        metrics.REJECTIONS.labels(reason=metrics.reason_of(str(exc))).inc()
         return error(str(exc), 400)

@@ -30,7 +30,9 @@ from pydantic import (
     WithJsonSchema,
     create_model,
 )
+from starlette.responses import Response
 
+from . import metrics
 from .feeds import Feeds
 from .signature import Signature, TensorSpec
 from .tensors import InvalidInput, fit_shape, from_json, to_json
@@ -103,7 +105,14 @@ class RequestBase(BaseModel):
         if fast is not None and not kwargs:
             with contextlib.suppress(ValidationError):
                 return cls.model_construct(feeds=fast.model_validate_json(json_data).feeds)
-        return super().model_validate_json(json_data, **kwargs)
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False, include_input=False)[:1]:
+                metrics.REJECTIONS.labels(
+                    reason=metrics.reason_of(f"{err['type']} {err['msg']}")
+                ).inc()
+            raise
 
 
 # A body whose "x" starts with a nested list: `"x": [[`.
@@ -215,14 +224,22 @@ def response_model(sig: Signature) -> type[BaseModel]:
 
 
 def responder(sig: Signature, tag: str, model: type[BaseModel]) -> Any:
-    """outputs -> the response object; built unchecked, since the values come from the model."""
+    """outputs -> the HTTP response: the body built unchecked (the values come from the
+    model), serialized by pydantic, and `X-Model` saying which version answered."""
     extra = {"classes": list(sig.classes)} if sig.classes else {}
     flat = {s.name: s.is_column for s in sig.outputs}
+    headers = {"X-Model": tag}
     if sig.single_output:
         name = sig.outputs[0].name
-        return lambda out: model.model_construct(
-            y=to_json(out[name], flat[name]), model=tag, **extra
-        )
-    return lambda out: model.model_construct(
-        outputs={k: to_json(v, flat[k]) for k, v in out.items()}, model=tag, **extra
+
+        def body(out: dict) -> BaseModel:
+            return model.model_construct(y=to_json(out[name], flat[name]), model=tag, **extra)
+    else:
+
+        def body(out: dict) -> BaseModel:
+            outputs = {k: to_json(v, flat[k]) for k, v in out.items()}
+            return model.model_construct(outputs=outputs, model=tag, **extra)
+
+    return lambda out: Response(
+        body(out).model_dump_json(), media_type="application/json", headers=headers
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -95,13 +96,15 @@ def test_batched_requests_stack_and_each_gets_its_rows() -> None:
     respond = responder(DEMO, "m:1", PredictResponse)
     result = BatchPredictions(double(batch), respond)
     assert len(result) == 6
-    assert result[1:4].model_dump() == {"y": [6.0, 6.0, 6.0], "model": "m:1"}
+    answer = result[1:4]
+    assert json.loads(answer.body) == {"y": [6.0, 6.0, 6.0], "model": "m:1"}
+    assert answer.headers["X-Model"] == "m:1"
 
 
 def test_response_flattens_one_value_per_row() -> None:
     respond = responder(DEMO, "m:1", PredictResponse)
     y = np.array([[2.0], [4.0]], dtype=np.float32)
-    assert respond({"y": y}).model_dump() == {"y": [2.0, 4.0], "model": "m:1"}
+    assert json.loads(respond({"y": y}).body) == {"y": [2.0, 4.0], "model": "m:1"}
 
 
 def test_signature_round_trips_through_bentoml_metadata() -> None:
@@ -314,3 +317,23 @@ def test_the_fast_path_decides_as_the_full_model(name: str, x: list, y: list) ->
     assert got.keys() == want.keys()
     for k in want:
         assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k])
+
+
+def test_the_readme_documents_every_setting_and_no_other() -> None:
+    """onnx_serving/config.py is the one place settings live; the README's tables name each
+    one's environment variable (Configuration, Operating it's Limits, Versions)."""
+    from onnx_serving.config import Settings
+
+    names = set()
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        names.add(alias.choices[0] if alias is not None else name.upper())
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    documented = set()
+    for line in readme.splitlines():
+        if line.startswith("| `") and "|" in line[1:]:
+            first = line.split("|")[1]
+            documented |= {v for v in re.findall(r"`([A-Z][A-Z0-9_]+)`", first)}
+    others = {"BENTOML_HOME", "PORT"}  # read by BentoML and make, not by the service
+    assert names - documented == set(), "settings the README does not document"
+    assert documented - names - others == set(), "README variables that are not settings"
