@@ -220,7 +220,8 @@ def one_at_a_time(
     model_home: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BentoServer]:
     log = tmp_path_factory.mktemp("one_at_a_time") / "serve.log"
-    with running(model_home, log, MIN_IN_FLIGHT="1", MAX_IN_FLIGHT="1") as server:
+    # One worker: each worker admits its own MAX_IN_FLIGHT, and the test needs one place in all.
+    with running(model_home, log, WORKERS="1", MIN_IN_FLIGHT="1", MAX_IN_FLIGHT="1") as server:
         yield server
 
 

@@ -13,7 +13,7 @@ import pytest
 from bentoml.exceptions import BentoMLException
 from conftest import TEST_BATCH_MAX_SIZE, TEST_MAX_VALUES, BentoServer, run_train
 from endpoint_checks import JSON, check_predict, check_predict_file_csv, check_predict_file_npy
-from onnx import TensorProto, helper
+from version_models import triple_model
 
 PREDICT_ROUTES = ["/predict", "/predict_batched"]
 
@@ -284,20 +284,8 @@ def test_concurrent_batched_requests_each_get_their_own_answer(
 # --- choosing the model: your own ONNX file, by name or tag, without editing code -------------
 
 
-def triple_model(path: Path) -> None:
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["inp", "k"], ["out"])],
-        "triple",
-        [helper.make_tensor_value_info("inp", TensorProto.FLOAT, ["rows", 1])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["rows", 1])],
-        [helper.make_tensor("k", TensorProto.FLOAT, [1], [3.0])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    path.write_bytes(model.SerializeToString())
-
-
 def test_serve_an_imported_user_model_by_tag(tmp_path: Path, model_home: Path) -> None:
-    triple_model(tmp_path / "triple.onnx")
+    triple_model(tmp_path / "triple.onnx", ("inp", "out"))  # names of its own, not the demo's
     imported = run_train(model_home, "--onnx", str(tmp_path / "triple.onnx"), "--name", "triple")
     assert imported.returncode == 0, imported.stderr
     tag = imported.stdout.strip()

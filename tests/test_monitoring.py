@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, BentoServer, running
-from version_models import TRIPLE
+from conftest import ROOT, BentoServer
+from version_models import TRIPLE, serving
 
 from onnx_serving.local_server import ServerProcess, free_port
 
@@ -69,10 +69,8 @@ def watched(
     """The service with v3 as a canary and a shadow, and Prometheus scraping it every second."""
     home, demo = two_versions
     tmp = tmp_path_factory.mktemp("monitoring")
-    routing = tmp / "routing.yaml"
-    routing.write_text(f"default: {demo}\ncanary: {{version: v3, percent: 20}}\nshadow: v3\n")
-    env = {"MODEL_TAGS": f"{demo},{TRIPLE}", "ROUTING_FILE": str(routing), "WORKERS": "1"}
-    with running(home, tmp / "serve.log", **env) as server:
+    routing = f"default: {demo}\ncanary: {{version: v3, percent: 20}}\nshadow: v3\n"
+    with serving(home, tmp, [demo, TRIPLE], routing) as (server, _):
         port = free_port()
         config = tmp / "prometheus.yml"
         config.write_text(

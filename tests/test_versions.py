@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import BIN, ROOT, BentoServer, run_train, running
-from version_models import TRIPLE
+from version_models import TRIPLE, serving
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +26,10 @@ def routed(
 ) -> Iterator[tuple[BentoServer, Path, str]]:
     """Both versions served; the routing file: the demo by default, v3 as a 10 % canary."""
     home, demo = two_versions
+    routing = f"default: {demo}\ncanary: {{version: v3, percent: 10}}\n"
     tmp = tmp_path_factory.mktemp("routed")
-    routing = tmp / "routing.yaml"
-    routing.write_text(f"default: {demo}\ncanary: {{version: v3, percent: 10}}\n")
-    env = {"MODEL_TAGS": f"{demo},{TRIPLE}", "ROUTING_FILE": str(routing), "WORKERS": "2"}
-    with running(home, tmp / "serve.log", **env) as server:
-        yield server, routing, demo
+    with serving(home, tmp, [demo, TRIPLE], routing, workers=2) as (server, file):
+        yield server, file, demo
 
 
 def post(client: httpx.Client, path: str, x: list[float], **headers: str) -> httpx.Response:
@@ -129,11 +127,9 @@ def test_the_shadow_is_compared_and_never_answers(
     two_versions: tuple[Path, str], tmp_path: Path
 ) -> None:
     home, demo = two_versions
-    routing = tmp_path / "routing.yaml"
-    routing.write_text(f"default: {demo}\nshadow: v3\n")
-    env = {"MODEL_TAGS": f"{demo},{TRIPLE}", "ROUTING_FILE": str(routing), "WORKERS": "1"}
+    routing = f"default: {demo}\nshadow: v3\n"
     with (
-        running(home, tmp_path / "serve.log", **env) as server,
+        serving(home, tmp_path, [demo, TRIPLE], routing) as (server, _),
         httpx.Client(base_url=server.url) as c,
     ):
         for _ in range(20):
