@@ -77,6 +77,7 @@ class Container:
     port: int = field(default_factory=free_port)
     name: str = field(default_factory=lambda: f"onnx-model-test-{uuid.uuid4().hex[:8]}")
     ready_seconds: float | None = None
+    run_args: list[str] = field(default_factory=list)  # more `docker run` options
 
     @property
     def url(self) -> str:
@@ -86,7 +87,7 @@ class Container:
         """docker run, then wait for /readyz 200; ready_seconds is the cold start."""
         started = time.monotonic()
         docker(
-            "run", "-d", "--name", self.name, "--network", "host",
+            "run", "-d", "--name", self.name, "--network", "host", *self.run_args,
             "-e", f"BENTOML_PORT={self.port}", "-e", "BENTOML_HOST=127.0.0.1",
             self.image, "serve", "--port", str(self.port),
         )  # fmt: skip
