@@ -15,7 +15,7 @@ from onnx_serving.local_server import ServerProcess, free_port
 
 # Image fixtures (docker_engine, built_image, image_url) and the exporters' models
 # (fixture_home, fixture_servers) live beside this file.
-pytest_plugins = ["image_support", "fixture_models", "version_models"]
+pytest_plugins = ["image_support", "fixture_models", "version_models", "manifests"]
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

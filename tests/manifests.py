@@ -1,4 +1,5 @@
-"""deploy/k8s rendered and checked offline: `kubectl kustomize` renders an overlay, and
+"""deploy/k8s rendered and checked offline (loaded as a plugin by tests/conftest.py, for the
+`deploy_tools` fixture): `kubectl kustomize` renders an overlay, and
 kubernetes-validate checks every resource against the Kubernetes schemas, strictly.
 
 kubernetes-validate's command line reports one error per resource and exits 0 for a kind it
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,3 +107,13 @@ def docker_run_args(deployment: dict[str, Any]) -> list[str]:
     for env in container.get("env", []):
         args += ["-e", f"{env['name']}={env['value']}"]
     return args
+
+
+@pytest.fixture(scope="session")
+def deploy_tools() -> None:
+    """docker-compose and HAProxy from Debian's packages (scripts/deploy_tools.sh)."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "deploy_tools.sh")],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

@@ -33,16 +33,6 @@ def rendered() -> dict[str, list[dict[str, Any]]]:
     return {overlay: render(overlay) for overlay in OVERLAYS}
 
 
-@pytest.fixture(scope="module")
-def deploy_tools() -> None:
-    """docker-compose and HAProxy from Debian's packages (scripts/deploy_tools.sh)."""
-    result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "deploy_tools.sh")],
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-
-
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_rendered_resource_is_valid(

@@ -39,15 +39,6 @@ def deployment() -> dict[str, Any]:
     return one(render("overlays/prod"), "Deployment", "onnx-model")
 
 
-@pytest.fixture(scope="module")
-def deploy_tools() -> None:
-    result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "deploy_tools.sh")],
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-
-
 @pytest.fixture
 def replicas(built_image: BuiltImage, deployment: dict[str, Any]) -> Iterator[list[Container]]:
     """Containers started by the test, as the Deployment runs them; all removed at the end."""
