@@ -43,11 +43,11 @@ class BentoServer(ServerProcess):
 
     Each server gets a BentoML home of its own around those models: `bentoml serve` empties
     $BENTOML_HOME/prometheus_multiproc_dir when it starts, which would wipe the /metrics of
-    any other server running from the same home.
+    any other server running from the same home. `port`: a given one (a restart in place).
     """
 
-    def __init__(self, home: Path, log: Path, **env: str) -> None:
-        port = free_port()
+    def __init__(self, home: Path, log: Path, port: int | None = None, **env: str) -> None:
+        port = port or free_port()
         own_home = log.parent / f"bentoml-home-{port}"
         own_home.mkdir(parents=True)
         (own_home / "models").symlink_to((home / "models").resolve())

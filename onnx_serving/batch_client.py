@@ -1,0 +1,351 @@
+"""`python -m onnx_serving predict-file IN OUT --url URL`: a big file through /predict_file.
+
+The input (CSV or .npy, the column rule of /predict_file, batch_files.py) goes to the
+service in chunks of rows, a few in flight; the answers are written in input order to
+OUT.part, and OUT.part.json records how far that got, so a run that stops (a server
+restart past the retries, Ctrl-C) resumes where it was. OUT appears only when every chunk
+succeeded. Every chunk is pinned to the version /metadata named at the start
+(`X-Model-Version`), so one file is never answered by two models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import io
+import itertools
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+import zipfile
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from tqdm import tqdm
+
+from .batch_files import NPY_MAGIC, _read_header
+from .signature import Signature
+
+logger = logging.getLogger("onnx_serving.batch_client")
+STATE_VERSION = 1
+RETRY_STATUS = {429, 502, 503, 504}  # overload, a restart, a proxy between restarts
+
+
+class BatchError(RuntimeError):
+    """The file can't be done (a refused chunk, a server gone for good); the message says why."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempts: int = 10  # per chunk; with the cap, about 2.5 minutes of a server being away
+    base_s: float = 0.5
+    cap_s: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:  # the server knows best when to come back
+            return min(retry_after, 10 * self.cap_s)
+        # Full jitter: clients that failed together don't all come back together.
+        return random.uniform(0.5, 1.0) * min(self.cap_s, self.base_s * 2**attempt)
+
+
+@dataclass
+class Chunk:
+    index: int
+    rows_before: int  # data rows before this chunk (error messages count from here)
+    line: int  # the input line of its first row (CSV; the header is line 1)
+    body: bytes
+    rows: int
+    lines: int = 0  # CSV: input lines it spans, blank ones too
+    end_offset: int = 0  # CSV: where the next chunk starts in the input
+
+
+def retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds: a number, or an HTTP date."""
+    if not value:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(0.0, float(value))
+    with contextlib.suppress(TypeError, ValueError):
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    return None
+
+
+def in_input_terms(message: str, chunk: Chunk) -> str:
+    """The server counts lines and rows within the chunk it got: count them in the input."""
+    message = re.sub(r"CSV line (\d+)", lambda m: f"CSV line {int(m[1]) - 2 + chunk.line}", message)
+    return re.sub(r"row\[(\d+)\]", lambda m: f"row[{int(m[1]) + chunk.rows_before}]", message)
+
+
+class Client:
+    def __init__(self, url: str, retry: Retry, timeout_s: float, api_key: str | None) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(
+            base_url=url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+            limits=httpx.Limits(max_connections=16),
+        )
+        self.retry = retry
+        self.stopped = threading.Event()  # the run is over: chunks in flight give up
+
+    def call(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+        """One request, retried on connection errors and 429/502/503/504 with backoff."""
+        for attempt in itertools.count():
+            hint = None
+            try:
+                r = self.http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:  # refused, reset, timed out: the server is away
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                if r.status_code < 400:
+                    return r
+                if r.status_code not in RETRY_STATUS:
+                    raise BatchError(f"{what}: HTTP {r.status_code}: {error_text(r)}")
+                reason, hint = f"HTTP {r.status_code}", retry_after(r.headers.get("Retry-After"))
+            if attempt + 1 >= self.retry.attempts:
+                raise BatchError(f"{what}: gave up after {attempt + 1} attempts: {reason}")
+            wait = self.retry.delay(attempt, hint)
+            logger.warning("%s: %s; retrying in %.1f s", what, reason, wait)
+            if self.stopped.wait(wait):
+                raise BatchError(f"{what}: abandoned, another chunk failed")
+        raise AssertionError("unreachable")
+
+
+def error_text(r: httpx.Response) -> str:
+    with contextlib.suppress(ValueError, AttributeError):
+        return str(r.json().get("error") or r.json())
+    return r.text[:500]
+
+
+# --- reading the input in chunks ------------------------------------------------------------
+
+
+def csv_chunks(src: Path, sig: Signature, chunk_rows: int, state: dict) -> Iterator[Chunk]:
+    """Header + up to chunk_rows lines per chunk, from where `state` says the last run got."""
+    with open(src, "rb") as f:
+        header, columns = _read_header(f, sig)
+        # Refused before the first upload, in the server's words.
+        if not sig.columns:
+            shapes = {s.name: list(s.shape) for s in sig.inputs}
+            raise BatchError(f"CSV columns can't feed this model's inputs {shapes}: send .npy")
+        missing = [c for c in sig.columns if c not in columns]
+        if missing:
+            raise BatchError(f"the CSV header has no {missing} column(s) (it has {columns})")
+        f.seek(state.get("input_offset") or f.tell())
+        offset, line, rows = f.tell(), state.get("line", 2), state.get("rows_done", 0)
+        for index in itertools.count(state.get("chunks_done", 0)):
+            lines = list(itertools.islice(f, chunk_rows))
+            if not lines:
+                return
+            offset += sum(map(len, lines))
+            n = sum(1 for ln in lines if ln.strip())
+            if n:  # blank lines are skipped, as the server does; a chunk of only those too
+                body = header + b"\n" + b"".join(lines)
+                yield Chunk(index, rows, line, body, n, len(lines), offset)
+            line, rows = line + len(lines), rows + n
+
+
+def npy_chunks(data: np.ndarray, chunk_rows: int, state: dict) -> Iterator[Chunk]:
+    for index in itertools.count(state.get("chunks_done", 0)):
+        start = index * chunk_rows
+        if start >= len(data):
+            return
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(data[start : start + chunk_rows]), allow_pickle=False)
+        yield Chunk(index, start, 0, buf.getvalue(), min(chunk_rows, len(data) - start))
+
+
+def count_lines(src: Path) -> int:
+    """Data lines in a CSV, for the progress bar's total (a fast pass over the bytes)."""
+    with open(src, "rb") as f:
+        return max(0, sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 22), b"")) - 1)
+
+
+# --- writing the answers in order ------------------------------------------------------------
+
+
+class CsvOut:
+    def __init__(self, part: Path, state: dict) -> None:
+        self.f = open(part, "r+b" if state.get("output_bytes") else "wb")  # noqa: SIM115
+        self.f.truncate(state.get("output_bytes", 0))  # past it: a chunk the state never saw
+        self.f.seek(0, os.SEEK_END)
+
+    def write(self, chunk: Chunk, body: bytes, state: dict) -> None:
+        head, _, rows = body.partition(b"\n")
+        if self.f.tell() == 0:
+            self.f.write(head + b"\n")
+        self.f.write(rows)
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        state.update(
+            input_offset=chunk.end_offset, line=chunk.line + chunk.lines, output_bytes=self.f.tell()
+        )
+
+    def close(self) -> None:
+        self.f.close()
+
+    def finish(self, part: Path) -> None:
+        pass
+
+
+class NpyOut:
+    """One memory-mapped .npy per output, filled at each chunk's rows; several make an .npz."""
+
+    def __init__(self, part: Path, rows: int, state: dict) -> None:
+        self.part, self.rows, self.names = part, rows, state.setdefault("outputs", [])
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def close(self) -> None:
+        self.arrays.clear()  # unmapped: what was written is on disk
+
+    def file(self, name: str) -> Path:
+        return self.part.with_name(f"{self.part.name}.{name}.npy")
+
+    def write(self, chunk: Chunk, body: bytes, state: dict) -> None:
+        loaded = np.load(io.BytesIO(body), allow_pickle=False)
+        outputs = dict(loaded) if isinstance(loaded, np.lib.npyio.NpzFile) else {"": loaded}
+        for name, y in outputs.items():
+            if name not in self.arrays:
+                path, fresh = self.file(name), name not in self.names
+                self.arrays[name] = np.lib.format.open_memmap(
+                    path, "w+" if fresh else "r+", y.dtype, (self.rows, *y.shape[1:])
+                )
+                if fresh:
+                    self.names.append(name)
+            out = self.arrays[name]
+            out[chunk.rows_before : chunk.rows_before + len(y)] = y
+            out.flush()
+
+    def finish(self, part: Path) -> None:
+        if self.names == [""]:
+            self.file("").replace(part)
+            return
+        with zipfile.ZipFile(part, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+            for name in self.names:
+                z.write(self.file(name), f"{name}.npy")
+        for name in self.names:
+            self.file(name).unlink()
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def identity(src: Path, chunk_rows: int, tag: str) -> dict[str, Any]:
+    st = src.stat()
+    return {"version": STATE_VERSION, "input": str(src.resolve()), "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns, "chunk_rows": chunk_rows, "model": tag}  # fmt: skip
+
+
+def load_state(path: Path, ident: dict[str, Any], restart: bool) -> dict[str, Any]:
+    """What an earlier run of the same file, chunking and model got done; {} for none."""
+    if restart or not path.exists():
+        return {}
+    with contextlib.suppress(ValueError, OSError):
+        state = json.loads(path.read_text())
+        if state.get("model") != ident["model"] and state.get("input") == ident["input"]:
+            raise BatchError(
+                f"{path}: the partial output was made by {state.get('model')}, the service now "
+                f"serves {ident['model']}; pass --restart to start over"
+            )
+        if all(state.get(k) == v for k, v in ident.items()):
+            return state
+    logger.warning("%s is from another input or chunk size: starting over", path)
+    return {}
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(path)  # atomic: a crash leaves the old state or the new, never half
+
+
+def predict_file(
+    src: Path,
+    dest: Path,
+    url: str,
+    *,
+    chunk_rows: int = 100_000,
+    concurrency: int = 2,
+    retry: Retry | None = None,
+    timeout_s: float = 300.0,
+    api_key: str | None = None,
+    restart: bool = False,
+    progress: bool = True,
+) -> int:
+    """Send every row of `src` through the service at `url`; write `dest`; return the rows."""
+    client = Client(url, retry or Retry(), timeout_s, api_key)
+    meta = client.call("GET", "/metadata", "GET /metadata").json()
+    tag, sig = meta["tag"], Signature.from_metadata(meta["signature"])
+    part, state_path = dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".part.json")
+    ident = identity(src, chunk_rows, tag)
+    state = {**ident, **load_state(state_path, ident, restart)}
+    if state.get("chunks_done"):
+        logger.warning(
+            "resuming %s: %d chunk(s), %d rows already done", src, state["chunks_done"],
+            state["rows_done"],
+        )  # fmt: skip
+    with open(src, "rb") as f:
+        is_npy = f.read(len(NPY_MAGIC)) == NPY_MAGIC
+    if is_npy:
+        data = np.load(src, mmap_mode="r", allow_pickle=False)
+        total, chunks = len(data), npy_chunks(data, chunk_rows, state)
+        out: CsvOut | NpyOut = NpyOut(part, total, state)
+        name, ctype = "chunk.npy", "application/x-npy"
+    else:
+        total, chunks = count_lines(src), csv_chunks(src, sig, chunk_rows, state)
+        out, name, ctype = CsvOut(part, state), "chunk.csv", "text/csv"
+    pin = {"X-Model-Version": tag}
+
+    def send(chunk: Chunk) -> bytes:
+        what = (
+            f"chunk {chunk.index} (rows {chunk.rows_before + 1}-{chunk.rows_before + chunk.rows})"
+        )
+        try:
+            r = client.call("POST", "/predict_file", what, headers=pin,
+                            files={"file": (name, chunk.body, ctype)})  # fmt: skip
+        except BatchError as exc:
+            raise BatchError(in_input_terms(str(exc), chunk)) from None
+        if r.headers.get("X-Model") != tag:
+            raise BatchError(f"{what} was answered by {r.headers.get('X-Model')}, not {tag}")
+        return r.content
+
+    done = state.get("rows_done", 0)
+    bar = tqdm(total=total, initial=done, unit="rows", unit_scale=True, disable=not progress)
+    pending: deque[tuple[Chunk, Future[bytes]]] = deque()
+    pool = ThreadPoolExecutor(concurrency)
+    with bar:
+        try:
+            for chunk in itertools.chain(chunks, [None]):
+                if chunk is not None:
+                    pending.append((chunk, pool.submit(send, chunk)))
+                # Answers are written in input order; `concurrency` chunks are in flight.
+                while pending and (chunk is None or len(pending) >= concurrency):
+                    done_chunk, future = pending.popleft()
+                    out.write(done_chunk, future.result(), state)
+                    done += done_chunk.rows
+                    state.update(chunks_done=done_chunk.index + 1, rows_done=done)
+                    save_state(state_path, state)
+                    bar.update(done_chunk.rows)
+        finally:
+            # After a failure (or Ctrl-C): in-flight chunks stop, retries stop waiting.
+            client.stopped.set()
+            client.http.close()
+            pool.shutdown(wait=True, cancel_futures=True)
+            out.close()
+    if done == 0:
+        part.unlink(missing_ok=True)
+        raise BatchError(f"{src} has no rows")
+    out.finish(part)
+    part.replace(dest)  # only now, complete, under its own name
+    state_path.unlink()
+    return done
