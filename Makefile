@@ -11,7 +11,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 # BentoML would otherwise ask a remote service about usage tracking.
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: venv model serve test lint image run-image load-test load-test-image bench bench-sweep bench-models fixtures fuzz soak lock lock-upgrade lock-check sbom sbom-lock audit clean
+.PHONY: venv model serve test lint image run-image load-test load-test-image bench bench-batch bench-sweep bench-models fixtures fuzz soak lock lock-upgrade lock-check sbom sbom-lock audit clean
 
 venv: $(VENV)/.installed
 
@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
-	$(BIN)/pip install --quiet -e '.[train,dev]' -c $(LOCK_PINS)
+	$(BIN)/pip install --quiet -e '.[train,dev,spark]' -c $(LOCK_PINS)
 	@touch $@
 
 # requirements.lock: pyproject.toml's run-time dependencies and all of theirs, pinned with the
@@ -96,6 +96,13 @@ load-test-image: venv
 
 bench: model
 	bash benchmarks/run.sh
+	@$(MAKE) --no-print-directory bench-batch
+
+# Batch inference at 1 M and 10 M rows: in-process ONNX Runtime, /predict_file, the batch
+# client and Spark local[2] (README, Batch inference). BATCH_ROWS=1000000 for a quicker run.
+bench-batch: model
+	bash scripts/java.sh
+	$(BIN)/python -m benchmarks.batch_scale
 
 # Adaptive batching's max_batch_size x max_latency_ms against the bench models (README, Performance).
 bench-sweep: model
