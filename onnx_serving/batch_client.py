@@ -112,6 +112,8 @@ class Client:
                 if r.status_code not in RETRY_STATUS:
                     raise BatchError(f"{what}: HTTP {r.status_code}: {error_text(r)}")
                 reason, hint = f"HTTP {r.status_code}", retry_after(r.headers.get("Retry-After"))
+            if self.stopped.is_set():  # the run is over (its connections closed under us)
+                raise BatchError(f"{what}: abandoned, another chunk failed")
             if attempt + 1 >= self.retry.attempts:
                 raise BatchError(f"{what}: gave up after {attempt + 1} attempts: {reason}")
             wait = self.retry.delay(attempt, hint)
