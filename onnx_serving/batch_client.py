@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import io
 import itertools
 import json
 import logging
-import os
 import random
 import re
 import threading
 import time
-import zipfile
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +29,10 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
-from .batch_files import NPY_MAGIC, _read_header
+from .batch_chunks import Chunk, CsvOut, NpyOut, count_lines, csv_chunks, npy_chunks
+from .batch_files import NPY_MAGIC
 from .signature import Signature
+from .tensors import InvalidInput
 
 logger = logging.getLogger("onnx_serving.batch_client")
 STATE_VERSION = 1
@@ -56,17 +54,6 @@ class Retry:
             return min(retry_after, 10 * self.cap_s)
         # Full jitter: clients that failed together don't all come back together.
         return random.uniform(0.5, 1.0) * min(self.cap_s, self.base_s * 2**attempt)
-
-
-@dataclass
-class Chunk:
-    index: int
-    rows_before: int  # data rows before this chunk (error messages count from here)
-    line: int  # the input line of its first row (CSV; the header is line 1)
-    body: bytes
-    rows: int
-    lines: int = 0  # CSV: input lines it spans, blank ones too
-    end_offset: int = 0  # CSV: where the next chunk starts in the input
 
 
 def retry_after(value: str | None) -> float | None:
@@ -127,116 +114,6 @@ def error_text(r: httpx.Response) -> str:
     with contextlib.suppress(ValueError, AttributeError):
         return str(r.json().get("error") or r.json())
     return r.text[:500]
-
-
-# --- reading the input in chunks ------------------------------------------------------------
-
-
-def csv_chunks(src: Path, sig: Signature, chunk_rows: int, state: dict) -> Iterator[Chunk]:
-    """Header + up to chunk_rows lines per chunk, from where `state` says the last run got."""
-    with open(src, "rb") as f:
-        header, columns = _read_header(f, sig)
-        # Refused before the first upload, in the server's words.
-        if not sig.columns:
-            shapes = {s.name: list(s.shape) for s in sig.inputs}
-            raise BatchError(f"CSV columns can't feed this model's inputs {shapes}: send .npy")
-        missing = [c for c in sig.columns if c not in columns]
-        if missing:
-            raise BatchError(f"the CSV header has no {missing} column(s) (it has {columns})")
-        f.seek(state.get("input_offset") or f.tell())
-        offset, line, rows = f.tell(), state.get("line", 2), state.get("rows_done", 0)
-        for index in itertools.count(state.get("chunks_done", 0)):
-            lines = list(itertools.islice(f, chunk_rows))
-            if not lines:
-                return
-            offset += sum(map(len, lines))
-            n = sum(1 for ln in lines if ln.strip())
-            if n:  # blank lines are skipped, as the server does; a chunk of only those too
-                body = header + b"\n" + b"".join(lines)
-                yield Chunk(index, rows, line, body, n, len(lines), offset)
-            line, rows = line + len(lines), rows + n
-
-
-def npy_chunks(data: np.ndarray, chunk_rows: int, state: dict) -> Iterator[Chunk]:
-    for index in itertools.count(state.get("chunks_done", 0)):
-        start = index * chunk_rows
-        if start >= len(data):
-            return
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(data[start : start + chunk_rows]), allow_pickle=False)
-        yield Chunk(index, start, 0, buf.getvalue(), min(chunk_rows, len(data) - start))
-
-
-def count_lines(src: Path) -> int:
-    """Data lines in a CSV, for the progress bar's total (a fast pass over the bytes)."""
-    with open(src, "rb") as f:
-        return max(0, sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 22), b"")) - 1)
-
-
-# --- writing the answers in order ------------------------------------------------------------
-
-
-class CsvOut:
-    def __init__(self, part: Path, state: dict) -> None:
-        self.f = open(part, "r+b" if state.get("output_bytes") else "wb")  # noqa: SIM115
-        self.f.truncate(state.get("output_bytes", 0))  # past it: a chunk the state never saw
-        self.f.seek(0, os.SEEK_END)
-
-    def write(self, chunk: Chunk, body: bytes, state: dict) -> None:
-        head, _, rows = body.partition(b"\n")
-        if self.f.tell() == 0:
-            self.f.write(head + b"\n")
-        self.f.write(rows)
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        state.update(
-            input_offset=chunk.end_offset, line=chunk.line + chunk.lines, output_bytes=self.f.tell()
-        )
-
-    def close(self) -> None:
-        self.f.close()
-
-    def finish(self, part: Path) -> None:
-        pass
-
-
-class NpyOut:
-    """One memory-mapped .npy per output, filled at each chunk's rows; several make an .npz."""
-
-    def __init__(self, part: Path, rows: int, state: dict) -> None:
-        self.part, self.rows, self.names = part, rows, state.setdefault("outputs", [])
-        self.arrays: dict[str, np.ndarray] = {}
-
-    def close(self) -> None:
-        self.arrays.clear()  # unmapped: what was written is on disk
-
-    def file(self, name: str) -> Path:
-        return self.part.with_name(f"{self.part.name}.{name}.npy")
-
-    def write(self, chunk: Chunk, body: bytes, state: dict) -> None:
-        loaded = np.load(io.BytesIO(body), allow_pickle=False)
-        outputs = dict(loaded) if isinstance(loaded, np.lib.npyio.NpzFile) else {"": loaded}
-        for name, y in outputs.items():
-            if name not in self.arrays:
-                path, fresh = self.file(name), name not in self.names
-                self.arrays[name] = np.lib.format.open_memmap(
-                    path, "w+" if fresh else "r+", y.dtype, (self.rows, *y.shape[1:])
-                )
-                if fresh:
-                    self.names.append(name)
-            out = self.arrays[name]
-            out[chunk.rows_before : chunk.rows_before + len(y)] = y
-            out.flush()
-
-    def finish(self, part: Path) -> None:
-        if self.names == [""]:
-            self.file("").replace(part)
-            return
-        with zipfile.ZipFile(part, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
-            for name in self.names:
-                z.write(self.file(name), f"{name}.npy")
-        for name in self.names:
-            self.file(name).unlink()
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -338,6 +215,8 @@ def predict_file(
                     state.update(chunks_done=done_chunk.index + 1, rows_done=done)
                     save_state(state_path, state)
                     bar.update(done_chunk.rows)
+        except InvalidInput as exc:  # the input breaks the column rule: no upload was made
+            raise BatchError(str(exc)) from None
         finally:
             # After a failure (or Ctrl-C): in-flight chunks stop, retries stop waiting.
             client.stopped.set()

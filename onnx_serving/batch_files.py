@@ -160,7 +160,12 @@ def _predict_npy(
 # --- CSV --------------------------------------------------------------------------------------
 
 
-def _read_header(f: BinaryIO, sig: Signature) -> tuple[bytes, list[str]]:
+def read_csv_header(f: BinaryIO, sig: Signature) -> tuple[bytes, list[str]]:
+    """The header line and its columns, held to the column rule: the signature's `columns`
+    feed the inputs, and every one of them must be there (InvalidInput says which is not)."""
+    if not sig.columns:
+        shapes = {s.name: list(s.shape) for s in sig.inputs}
+        raise InvalidInput(f"CSV columns can't feed this model's inputs {shapes}: send .npy")
     line = f.readline()
     try:
         text = line.decode("utf-8-sig")
@@ -174,7 +179,11 @@ def _read_header(f: BinaryIO, sig: Signature) -> tuple[bytes, list[str]]:
         raise InvalidInput(
             f"the CSV has no header line; it needs one with the column(s) {list(sig.columns)}"
         )
-    return line.rstrip(b"\r\n").removeprefix(b"\xef\xbb\xbf"), [c.strip() for c in columns]
+    columns = [c.strip() for c in columns]
+    missing = [c for c in sig.columns if c not in columns]
+    if missing:
+        raise InvalidInput(f"the CSV header has no {missing} column(s) (it has {columns})")
+    return line.rstrip(b"\r\n").removeprefix(b"\xef\xbb\xbf"), columns
 
 
 def _lines(f: BinaryIO, chunk_rows: int) -> Iterator[list[bytes]]:
@@ -263,15 +272,9 @@ def _quote(cell: bytes) -> bytes:
 def _predict_csv(
     src: Path, dest: Path, sig: Signature, run: Run, chunk_rows: int
 ) -> tuple[Path, int]:
-    if not sig.columns:
-        shapes = {s.name: list(s.shape) for s in sig.inputs}
-        raise InvalidInput(f"CSV columns can't feed this model's inputs {shapes}: send .npy")
     rows = 0
     with open(src, "rb") as f, open(dest, "wb") as out:
-        header, columns = _read_header(f, sig)
-        missing = [c for c in sig.columns if c not in columns]
-        if missing:
-            raise InvalidInput(f"the CSV header has no {missing} column(s) (it has {columns})")
+        header, columns = read_csv_header(f, sig)
         added = [c for s in sig.outputs for c in sig.output_columns(s)]
         clash = [c for c in added if c in columns]
         if clash:

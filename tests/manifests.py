@@ -9,7 +9,6 @@ the schemas don't carry) may go unchecked by schema: tests/test_deploy.py checks
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -51,7 +50,6 @@ def render(overlay: str | Path) -> list[dict[str, Any]]:
     result = subprocess.run(
         [kubectl(), "kustomize", str(folder)],
         capture_output=True, text=True, timeout=60, check=False,
-        env={**os.environ, "KUBECTL_COMMAND_HEADERS": "false"},
     )  # fmt: skip
     if result.returncode != 0:
         raise RuntimeError(f"kubectl kustomize {folder} failed:\n{result.stderr}")

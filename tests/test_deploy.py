@@ -165,7 +165,9 @@ def compose_env() -> dict[str, str]:
     return {**os.environ, "ONNX_MODEL_TAG": "0.1.0-3f9a1c2b7d4e"}
 
 
-def test_compose_file_is_valid(deploy_tools: None) -> None:
+def test_compose_file_is_valid(
+    deploy_tools: None, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
     """docker-compose (Debian's 1.29.2) and the Compose Specification's schema both accept it;
     its volumes exist, and it runs the service as the Deployment does."""
     compose = DEPLOY / "compose.yaml"
@@ -188,7 +190,7 @@ def test_compose_file_is_valid(deploy_tools: None) -> None:
     )  # fmt: skip
     assert schema.returncode == 0, schema.stdout + schema.stderr
     service = config["services"]["service"]
-    deployment = one(render("overlays/prod"), "Deployment", "onnx-model")
+    deployment = one(rendered["overlays/prod"], "Deployment", "onnx-model")
     run_args = docker_run_args(deployment)
     assert service["user"] == run_args[1] and service["read_only"] is True
     assert service["cap_drop"] == ["ALL"]

@@ -40,7 +40,7 @@ def deployment() -> dict[str, Any]:
 
 
 @pytest.fixture
-def replicas(built_image: BuiltImage, deployment: dict[str, Any]) -> Iterator[list[Container]]:
+def replicas() -> Iterator[list[Container]]:
     """Containers started by the test, as the Deployment runs them; all removed at the end."""
     started: list[Container] = []
     yield started
