@@ -26,29 +26,31 @@ from onnx_serving import (
     bentoml_fixes,
     dispatcher,
     http_protocol,
-    metrics,
     model_store,
 )
-from onnx_serving.config import settings
+from onnx_serving.config import SettingsError, settings
 from onnx_serving.drain import DRAINER, DrainMiddleware
+from onnx_serving.errors import ServingError
 from onnx_serving.feeds import BatchPredictions, Feeds
 from onnx_serving.guards import (
     ApiKeyGuard,
     BatchingRefusal,
-    BodyLimit,
+    BodyBudget,
     ContentTypeGuard,
+    ErrorContract,
     JsonNotFound,
+    error_response,
+    install_log_filters,
 )
 from onnx_serving.openapi import CompleteDocs
 from onnx_serving.routes import app as plain_routes
 from onnx_serving.routing import Router, RoutingError
-from onnx_serving.tensors import InvalidInput
+from onnx_serving.signature import InvalidModel
 from onnx_serving.validation import request_model, response_model
 
 with bentoml.importing():
     from anyio import to_thread
     from bentoml._internal.context import server_context
-    from starlette.responses import JSONResponse
 
     from onnx_serving.batch_files import FileRequest, predict_file
     from onnx_serving.runner import ModelRunner
@@ -60,19 +62,30 @@ with bentoml.importing():
 http_protocol.install()
 bentoml_fixes.apply()
 dispatcher.apply()
-SETTINGS = settings()
+install_log_filters()
 # Resolve and check the served versions here, in the `bentoml serve` process itself: a
 # missing model, a hash mismatch or a routing that names a version not served then stops
-# the command at once, instead of a worker failing at start and being restarted forever.
-REFS = [t.strip() for t in SETTINGS.model_tags.split(",") if t.strip()] or [SETTINGS.model_ref]
-STORED, SIGNATURE = model_store.get_verified_set(REFS)
-ROUTING = Router.from_settings([str(s.tag) for s in STORED], SETTINGS.routing_file)
-if server_context.worker_index is None:
-    # Not a worker: `bentoml serve` itself (or `bentoml build`). A model that can't run would
-    # fail every worker at start, and BentoML would restart them forever: try it here, once,
-    # so the command stops with the reason instead.
-    for stored in STORED:
-        ModelRunner(SETTINGS).load(stored, SIGNATURE)
+# the command at once with one line saying what to do, instead of a worker failing at start
+# and being restarted forever.
+try:
+    SETTINGS = settings()
+    REFS = [t.strip() for t in SETTINGS.model_tags.split(",") if t.strip()] or [SETTINGS.model_ref]
+    STORED, SIGNATURE = model_store.get_verified_set(REFS)
+    ROUTING = Router.from_settings([str(s.tag) for s in STORED], SETTINGS.routing_file)
+    if server_context.worker_index is None:
+        # Not a worker: `bentoml serve` itself (or `bentoml build`). A model that can't run
+        # would fail every worker at start: try it here, once.
+        for stored in STORED:
+            ModelRunner(SETTINGS).load(stored, SIGNATURE)
+except (
+    SettingsError,
+    model_store.ModelNotFound,
+    model_store.ModelIntegrityError,
+    InvalidModel,
+    RoutingError,
+    RuntimeError,
+) as exc:
+    raise SystemExit(f"error: {exc}") from None
 # Adaptive batching as measured for the first version at import, unless the environment says.
 BATCHING = batching.resolve(
     STORED[0].info.metadata, SETTINGS.batch_max_size, SETTINGS.batch_max_latency_ms
@@ -131,11 +144,11 @@ class OnnxModelService:
         `X-Request-Key`); `X-Model` and the body's `model` name it."""
         request = ctx.request
         try:
-            model, route = self.versions.choose(request.headers, request.client.host)
-        except RoutingError as exc:
-            return unknown_version(exc, ctx)
-        # async and inline: a microsecond-scale ONNX call is cheaper than a thread hop.
-        outputs = model.run(feeds)
+            model, route = self.versions.choose(request.headers, client_of(request))
+            # async and inline: a microsecond-scale ONNX call is cheaper than a thread hop.
+            outputs = model.run(feeds)
+        except ServingError as exc:
+            return refused(exc, ctx)
         self.versions.answered(route, "/predict", feeds, outputs)
         return self.versions.respond[route.tag](outputs)
 
@@ -154,6 +167,8 @@ class OnnxModelService:
         Requests that arrive together are stacked along rows, run once, and handed back
         a slice each, so every caller gets exactly its own rows.
         """
+        # A batch the model can't run fails every request in it (a 400 with the model's
+        # reason): what the checks before batching can't see is rare; /predict runs alone.
         model, route = self.versions.default()
         if BATCHING["in_thread"]:  # a model call of milliseconds: see batching.resolve
             outputs = await to_thread.run_sync(model.run, feeds)
@@ -173,31 +188,41 @@ class OnnxModelService:
         """Batch inference on a CSV (columns named in /metadata's signature) or a .npy file."""
         # Sync: BentoML runs it in a worker thread, so the event loop keeps serving.
         try:
-            model, route = self.versions.choose(ctx.request.headers, ctx.request.client.host)
-            result = predict_file(file, file.parent, SIGNATURE, model.run, SETTINGS.file_chunk_rows)
-        except RoutingError as exc:
-            return unknown_version(exc, ctx)
-        except InvalidInput as exc:
-            metrics.REJECTIONS.labels(reason=metrics.reason_of(str(exc))).inc()
-            ctx.response.status_code = 400  # BentoML sets a context's status on the response
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        self.versions.count(route, "/predict_file", 0)
+            model, route = self.versions.choose(ctx.request.headers, client_of(ctx.request))
+            result, rows = predict_file(
+                file,
+                file.parent,
+                SIGNATURE,
+                model.run,
+                SETTINGS.file_chunk_rows,
+                SETTINGS.max_csv_line_bytes,
+            )
+        except ServingError as exc:
+            return refused(exc, ctx)
+        self.versions.count(route, "/predict_file", rows)
         ctx.response.headers["X-Model"] = route.tag
         return result
 
 
-def unknown_version(exc: Exception, ctx: bentoml.Context) -> JSONResponse:
-    metrics.REJECTIONS.labels(reason="version").inc()
-    ctx.response.status_code = 404  # BentoML sets a context's status on the response
-    return JSONResponse({"error": str(exc)}, status_code=404)
+def client_of(request: Any) -> str:
+    """The client's address, the canary's key when no X-Request-Key is sent ("" on a Unix
+    socket, which has none)."""
+    return request.client.host if request.client else ""
 
 
-# Outermost first: the drain's Connection: close, batching's 503, who may call, what they send.
+def refused(exc: ServingError, ctx: bentoml.Context) -> Any:
+    ctx.response.status_code = exc.status  # BentoML sets a context's status on the response
+    return error_response(exc)
+
+
+# Outermost first: every error answer's format, count and log line; the drain's Connection:
+# close; batching's 503; who may call; what they send.
+OnnxModelService.add_asgi_middleware(ErrorContract)
 OnnxModelService.add_asgi_middleware(DrainMiddleware)
 OnnxModelService.add_asgi_middleware(BatchingRefusal, retry_after_s=SETTINGS.retry_after_s)
 OnnxModelService.add_asgi_middleware(JsonNotFound)
 if SETTINGS.api_key_hashes:
     OnnxModelService.add_asgi_middleware(ApiKeyGuard, hashes=SETTINGS.api_key_hashes)
 OnnxModelService.add_asgi_middleware(ContentTypeGuard)
-OnnxModelService.add_asgi_middleware(BodyLimit, settings=SETTINGS)
+OnnxModelService.add_asgi_middleware(BodyBudget, settings=SETTINGS)
 OnnxModelService.add_asgi_middleware(CompleteDocs)

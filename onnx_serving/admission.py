@@ -49,6 +49,7 @@ class Admission:
         self.retry_after_s = settings.retry_after_s
         self.limit = float(self.ceiling)
         self.in_flight = 0
+        self.receiving = 0  # POSTs whose body is still arriving: no slot yet (http_protocol)
         self.lag_s = 0.0
         self.above_since: float | None = None  # when the lag went (and stayed) above target
         self.refused = 0  # since the last log line
@@ -61,7 +62,11 @@ class Admission:
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     async def _tick(self) -> None:
+        ticks = 0
         while True:
+            ticks += 1
+            if ticks % 50 == 0:  # saturation on /metrics twice a second, not per request
+                self._publish()
             started = time.perf_counter()
             await asyncio.sleep(self.TICK_S)
             now = time.perf_counter()
@@ -87,6 +92,13 @@ class Admission:
                     cut = max(self.MIN_DECREASE, self.target_s / self.lag_s)
                     self.limit = max(float(self.floor), self.limit * cut)
             self._log_change(was)
+
+    def _publish(self) -> None:
+        from . import metrics
+
+        metrics.IN_FLIGHT.set(self.in_flight)
+        metrics.RECEIVING.set(self.receiving)
+        metrics.ADMISSION_LIMIT.set(int(self.limit))
 
     def _log_change(self, was: float) -> None:
         # One line when shedding starts and one when the limit is back at its ceiling.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import logging
 import shutil
 import tempfile
@@ -26,6 +25,7 @@ import numpy as np
 from _bentoml_sdk.io_models import IODescriptor
 from pydantic import ValidationError, WrapValidator
 
+from . import errors
 from .feeds import Feeds
 from .signature import Signature
 from .tensors import InvalidInput, check_values, type_name
@@ -35,6 +35,10 @@ logger = logging.getLogger("onnx_serving")
 
 NPY_MAGIC = b"\x93NUMPY"
 NO_LIMIT = 1 << 62  # chunks are bounded by FILE_CHUNK_ROWS, not MAX_VALUES
+MAX_LINE = 1 << 20  # MAX_CSV_LINE_BYTES' default
+# CSV is read in blocks of this many bytes (whole lines, at most FILE_CHUNK_ROWS of them): the
+# text and cells of one block are all a request holds, however its lines are shaped.
+BLOCK_BYTES = 4 << 20
 Run = Callable[[Feeds], dict[str, np.ndarray]]
 # Floats with the fewest digits that always read back as the same value.
 FLOAT_FORMATS = {np.dtype(np.float16): b"%.5g", np.dtype(np.float32): b"%.9g"}
@@ -52,7 +56,9 @@ def spool_upload(value: Any, handler: Callable[[Any], Path]) -> Path:
 
     if not isinstance(value, UploadFile):
         return handler(value)
-    suffix = Path(value.filename or "upload").suffix
+    # The client's filename only lends its suffix, and only a short plain one.
+    suffix = Path(value.filename or "upload").suffix.lower()
+    suffix = suffix if suffix in (".csv", ".npy", ".txt") else ""
     with tempfile.NamedTemporaryFile(suffix=suffix, dir=request_temp_dir(), delete=False) as out:
         value.file.seek(0)
         shutil.copyfileobj(value.file, out, 1 << 20)
@@ -81,8 +87,16 @@ class FileRequest(IODescriptor):
             raise ValidationError.from_exception_data(cls.__name__, [error]) from None
 
 
-def predict_file(src: Path, dest_dir: Path, sig: Signature, run: Run, chunk_rows: int) -> Path:
-    """Run every row of `src` through the model; return the path of the result file."""
+def predict_file(
+    src: Path,
+    dest_dir: Path,
+    sig: Signature,
+    run: Run,
+    chunk_rows: int,
+    max_line: int = MAX_LINE,
+) -> tuple[Path, int]:
+    """Run every row of `src` through the model; the path of the result file, and its rows.
+    CSV lines longer than `max_line` bytes (MAX_CSV_LINE_BYTES) are refused as they are read."""
     if sig.batch == "none":
         raise InvalidInput(
             f"files are read in rows, and this model has none: {sig.batching_note()}"
@@ -95,10 +109,10 @@ def predict_file(src: Path, dest_dir: Path, sig: Signature, run: Run, chunk_rows
     if head == NPY_MAGIC:
         out, rows = _predict_npy(src, dest_dir, sig, run, chunk_rows)
     else:
-        out, rows = _predict_csv(src, dest_dir / "predictions.csv", sig, run, chunk_rows)
+        out, rows = _predict_csv(src, dest_dir / "predictions.csv", sig, run, chunk_rows, max_line)
     elapsed = time.perf_counter() - started
     logger.info("predict_file: %d rows in %.2f s (%.0f rows/s)", rows, elapsed, rows / elapsed)
-    return out
+    return out, rows
 
 
 # --- .npy -------------------------------------------------------------------------------------
@@ -160,13 +174,23 @@ def _predict_npy(
 # --- CSV --------------------------------------------------------------------------------------
 
 
-def read_csv_header(f: BinaryIO, sig: Signature) -> tuple[bytes, list[str]]:
+def _too_long(what: str, max_line: int) -> InvalidInput:
+    return InvalidInput(
+        f"{what} is longer than MAX_CSV_LINE_BYTES={max_line:,} bytes", status=413, reason="size"
+    )
+
+
+def read_csv_header(
+    f: BinaryIO, sig: Signature, max_line: int = MAX_LINE
+) -> tuple[bytes, list[str]]:
     """The header line and its columns, held to the column rule: the signature's `columns`
     feed the inputs, and every one of them must be there (InvalidInput says which is not)."""
     if not sig.columns:
         shapes = {s.name: list(s.shape) for s in sig.inputs}
         raise InvalidInput(f"CSV columns can't feed this model's inputs {shapes}: send .npy")
-    line = f.readline()
+    line = f.readline(max_line + 1)
+    if len(line) > max_line:
+        raise _too_long("the CSV header line", max_line)
     try:
         text = line.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -182,15 +206,37 @@ def read_csv_header(f: BinaryIO, sig: Signature) -> tuple[bytes, list[str]]:
     columns = [c.strip() for c in columns]
     missing = [c for c in sig.columns if c not in columns]
     if missing:
-        raise InvalidInput(f"the CSV header has no {missing} column(s) (it has {columns})")
+        shown = [errors.safe(c, 40) for c in columns[:20]]
+        more = f" and {len(columns) - 20} more" if len(columns) > 20 else ""
+        raise InvalidInput(f"the CSV header has no {missing[:20]} column(s) (it has {shown}{more})")
     return line.rstrip(b"\r\n").removeprefix(b"\xef\xbb\xbf"), columns
 
 
-def _lines(f: BinaryIO, chunk_rows: int) -> Iterator[list[bytes]]:
-    """Chunks of up to `chunk_rows` non-blank lines."""
-    while chunk := list(itertools.islice(f, chunk_rows)):
-        if chunk := [ln for ln in chunk if ln.strip()]:
-            yield chunk
+def _lines(f: BinaryIO, chunk_rows: int, max_line: int) -> Iterator[list[bytes]]:
+    """Chunks of up to `chunk_rows` non-blank lines (without their line ends), read in blocks
+    of BLOCK_BYTES: a line longer than `max_line` is refused before it is split."""
+    rest = b""
+    while True:
+        block = f.read(max(BLOCK_BYTES, max_line + 1))
+        data = rest + block if rest else block
+        if not data:
+            return
+        if block:
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:  # no line end yet
+                if len(data) > max_line:
+                    raise _too_long("a CSV line", max_line)
+                rest = data
+                continue
+            data, rest = data[:cut], data[cut:]
+        else:
+            rest = b""  # the last line, without a line end
+        lines = data.split(b"\n")
+        if max(map(len, lines)) > max_line:
+            raise _too_long("a CSV line", max_line)
+        lines = [ln for ln in lines if ln.strip()]
+        for start in range(0, len(lines), chunk_rows):
+            yield lines[start : start + chunk_rows]
 
 
 def _fields(lines: list[bytes], cols: list[int], ncols: int, first_line: int) -> list[np.ndarray]:
@@ -200,7 +246,7 @@ def _fields(lines: list[bytes], cols: list[int], ncols: int, first_line: int) ->
         if all(len(row) == ncols for row in split):
             return [np.array([row[c] for row in split]) for c in cols]
     # Slow path, only for chunks with quotes or a ragged line: the csv module, and the culprit.
-    text = io.StringIO(b"".join(lines).decode("utf-8", errors="replace"))
+    text = io.StringIO(b"\n".join(lines).decode("utf-8", errors="replace"))
     rows = []
     reader = csv.reader(text)
     try:
@@ -212,6 +258,11 @@ def _fields(lines: list[bytes], cols: list[int], ncols: int, first_line: int) ->
             rows.append([row[c].encode() for c in cols])
     except csv.Error as exc:  # a stray carriage return, an unclosed quote...
         raise InvalidInput(f"CSV near line {first_line + reader.line_num}: {exc}") from None
+    if len(rows) != len(lines):
+        raise InvalidInput(
+            f"CSV near line {first_line + len(rows)}: a quoted field holds a line break; "
+            "/predict_file reads one row per line"
+        )
     return [np.array([r[j] for r in rows]) for j in range(len(cols))]
 
 
@@ -270,11 +321,11 @@ def _quote(cell: bytes) -> bytes:
 
 
 def _predict_csv(
-    src: Path, dest: Path, sig: Signature, run: Run, chunk_rows: int
+    src: Path, dest: Path, sig: Signature, run: Run, chunk_rows: int, max_line: int
 ) -> tuple[Path, int]:
     rows = 0
     with open(src, "rb") as f, open(dest, "wb") as out:
-        header, columns = read_csv_header(f, sig)
+        header, columns = read_csv_header(f, sig, max_line)
         added = [c for s in sig.outputs for c in sig.output_columns(s)]
         clash = [c for c in added if c in columns]
         if clash:
@@ -283,7 +334,7 @@ def _predict_csv(
             )
         cols = [columns.index(c) for c in sig.columns]
         out.write(header + b"," + b",".join(c.encode() for c in added) + b"\n")
-        for lines in _lines(f, chunk_rows):
+        for lines in _lines(f, chunk_rows, max_line):
             fields = iter(_fields(lines, cols, len(columns), first_line=rows + 2))
             names = iter(sig.columns)
             arrays = {}

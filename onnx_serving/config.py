@@ -76,6 +76,20 @@ class Settings(BaseSettings):
     # Connections that don't send their headers (or a body stalls) this long get a 408.
     http_header_timeout_s: float = Field(10.0, ge=0, validation_alias=env("HTTP_HEADER_TIMEOUT"))
     http_body_timeout_s: float = Field(30.0, ge=0, validation_alias=env("HTTP_BODY_TIMEOUT"))
+    # A request body must arrive at least this fast (bytes a second, over 4 s windows) or the
+    # connection gets a 408: slow clients can't hold connections or slots. 0: off.
+    http_body_min_rate: int = Field(16_384, ge=0)
+    # The request line and headers together, and the number of headers (431 past either).
+    http_max_header_bytes: int = Field(65_536, ge=1024)
+    http_max_headers: int = Field(100, ge=8)
+    # The largest tensor rank a request may send, and the most bytes a model's outputs may
+    # take for one request (413 before running where the shapes are known, else after).
+    max_rank: int = Field(16, ge=1, le=32)
+    max_output_bytes: int = Field(512 * MIB, gt=0)
+    # The longest CSV line /predict_file reads (the header included).
+    max_csv_line_bytes: int = Field(1 * MIB, ge=1024)
+    # Images: the most pixels a PNG or JPEG may have (decoded off the event loop).
+    max_image_pixels: int = Field(50_000_000, gt=0)
     # API keys: the keys themselves (comma-separated), their SHA-256 digests, or a file of
     # keys, one per line. None set: no authentication. Never logged, never in repr.
     api_key: SecretStr | None = None

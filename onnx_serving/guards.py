@@ -1,53 +1,65 @@
-"""ASGI middleware that guards the service before a request reaches it: API keys (401), the
-media type each route takes (415), body sizes (413), JSON for the router's own 404/405, and
-adaptive batching's 503. Each answers with a JSON `{"error": ...}` that names the rule and its
-setting; probes and /metrics stay open. Overload is shed earlier, in the HTTP protocol
-(onnx_serving/admission.py).
+"""ASGI middleware at the edge, before a request reaches a protocol codec, each reading the
+route table (contract.py): the error contract (every error answer in one format, counted and
+logged in one place), API keys (401), media types (415), body bytes and JSON values (413),
+JSON for the router's own 404/405, and adaptive batching's 503. Probes and /metrics stay
+open. Overload is shed earlier, in the HTTP protocol (onnx_serving/admission.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import hmac
 import json
+import logging
 from typing import Any
 
-from . import metrics
+from . import errors
 from .config import Settings
+from .contract import route_of
 
-# Open to everyone, whatever else is configured: orchestrators and scrapers call them.
-OPEN_PATHS = frozenset(
-    {"/livez", "/readyz", "/healthz", "/metrics", "/v2/health/live", "/v2/health/ready"}
-)
-# ...and the API document, so the Swagger UI loads (it can't call anything without a key).
-DOC_PATHS = frozenset({"/", "/docs.json"})
-
-# Which media type each route accepts. BentoML would otherwise parse any body as JSON.
-ROUTE_MEDIA_TYPES = {
-    "/predict": "application/json",
-    "/predict_batched": "application/json",
-    "/predict_file": "multipart/form-data",
-    "/predict_image": "multipart/form-data",
-    "/predict_binary": "application/octet-stream",
-}
+logger = logging.getLogger("bentoml.onnx_serving.errors")
 
 
-# The input rejections these guards answer, by status, for onnx_input_rejections_total.
-REASONS = {401: "unauthorized", 413: "body_too_large", 415: "media_type", 400: "media_type"}
+class Outcome:
+    """What the code answering one request says about its error, for ErrorContract."""
+
+    __slots__ = ("reason", "request_id")
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.request_id: str | None = None
+
+
+OUTCOME: contextvars.ContextVar[Outcome | None] = contextvars.ContextVar("outcome", default=None)
+
+
+def note_reason(reason: str) -> None:
+    """Tell ErrorContract why the request at hand is being refused (a REASONS label)."""
+    outcome = OUTCOME.get()
+    if outcome is not None:
+        outcome.reason = reason
 
 
 async def reply(
-    send: Any, status: int, message: str, headers: dict[str, str] | None = None
+    send: Any, status: int, message: str, reason: str, headers: dict[str, str] | None = None
 ) -> None:
-    """Send a whole JSON error response (and count an input rejection)."""
-    if status in REASONS:
-        metrics.REJECTIONS.labels(reason=REASONS[status]).inc()
-    body = json.dumps({"error": message}).encode()
+    """Send a whole JSON error response (ErrorContract counts and logs it)."""
+    note_reason(reason)
+    body = errors.body(message)
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+def error_response(exc: errors.ServingError, headers: dict[str, str] | None = None) -> Any:
+    """A ServingError as the app's JSON response (ErrorContract counts and logs it)."""
+    from starlette.responses import JSONResponse
+
+    note_reason(exc.reason)
+    return JSONResponse({"error": str(exc)}, exc.status, headers=headers)
 
 
 def header(scope: dict, name: bytes) -> str | None:
@@ -55,6 +67,179 @@ def header(scope: dict, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+# --- the error contract ----------------------------------------------------------------------
+
+_BY_STATUS = {401: "unauthorized", 405: "method", 408: "timeout", 415: "media_type"}
+MAX_ERROR_BODY = 1 << 20  # an error body larger than this is not rewritten
+
+
+def reason_for(status: int, message: str) -> str:
+    if status in _BY_STATUS:
+        return _BY_STATUS[status]
+    if status == 404:
+        return "version" if "not served" in message else "not_found"
+    if status == 413:
+        return "body_too_large" if "_BYTES)" in message else "size"
+    return errors.reason_of(message)
+
+
+def _normalized(raw: bytes, status: int, rid: str | None) -> tuple[dict[str, Any], str]:
+    """Any error body as `{"error": message, ...}`: BentoML's validation errors with their
+    first problem as the message, its 4xx list unwrapped, plain text wrapped."""
+    try:
+        data: Any = json.loads(raw)
+    except ValueError:
+        data = {"error": raw.decode("utf-8", "replace").strip() or f"HTTP {status}"}
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
+        data = data[0]  # BentoML sends its own 4xx errors as a one-element list
+    if not isinstance(data, dict) or not isinstance(data.get("error"), str):
+        data = {"error": f"HTTP {status}"}
+    detail = data.get("detail")
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        first = detail[0]
+        # pydantic names each member of a union it tried ("list[float]"): not the caller's.
+        where = ".".join(str(p) for p in first.get("loc", ()) if "[" not in str(p))
+        what = str(first.get("msg", "")).removeprefix("Value error, ")
+        data["error"] = f"{where}: {what}" if where else what
+        data["detail"] = [{k: d.get(k) for k in ("type", "loc", "msg")} for d in detail[:10]]
+    if status >= 500 and status != 503:
+        rid = rid or errors.request_id()
+        data["error"] = (
+            f"internal error: the server failed on this request (request id {rid} in its log)"
+        )
+        data["request_id"] = rid
+    return data, data["error"]
+
+
+class ErrorContract:
+    """Every error answer the app gives passes here: its body made `{"error": "..."}` (the
+    native API's format and V2's), each 4xx counted by its reason and logged as one WARNING
+    line (route, status, reason, request id) without the values sent, and any exception that
+    escaped the app answered 500 with a request id and logged once, with its traceback."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        outcome = Outcome()
+        token = OUTCOME.set(outcome)
+        held: dict | None = None  # an error response's start, held until the app is done
+        chunks: list[bytes] = []
+        size, sent = 0, False
+
+        async def watch(message: dict) -> None:
+            nonlocal held, size, sent
+            if message["type"] == "http.response.start":
+                if message["status"] >= 400:
+                    held = message
+                    return
+                sent = True
+                return await send(message)
+            if held is None:
+                return await send(message)
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > MAX_ERROR_BODY:  # not ours to rewrite: pass it on as it is
+                start, held = held, None
+                sent = True
+                body = b"".join(chunks)
+                await send(start)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:  # the one place an unexpected error is answered
+            _, body = errors.internal(exc, self._where(scope), self._headers(scope))
+            if not sent:  # else too late to answer: the response was under way
+                outcome.request_id = json.loads(body)["request_id"]
+                await self._answer(scope, {"status": 500, "headers": []}, b"", outcome, send)
+        else:
+            if held is not None:
+                await self._answer(scope, held, b"".join(chunks), outcome, send)
+        finally:
+            OUTCOME.reset(token)
+
+    @staticmethod
+    def _where(scope: dict) -> str:
+        return f"{scope.get('method', '')} {scope.get('path', '')}"
+
+    @staticmethod
+    def _headers(scope: dict) -> dict[str, str]:
+        rid = header(scope, b"x-request-id")
+        return {"x-request-id": rid} if rid else {}
+
+    async def _answer(
+        self, scope: dict, start: dict, raw: bytes, outcome: Outcome, send: Any
+    ) -> None:
+        status = start["status"]
+        data, message = _normalized(raw, status, outcome.request_id)
+        where = self._where(scope)
+        if status < 500:
+            reason = outcome.reason or reason_for(status, message)
+            errors.refused(status, reason, message, where, errors.request_id(self._headers(scope)))
+        body = json.dumps(data).encode()
+        headers = [
+            (k, v)
+            for k, v in start.get("headers", ())
+            if k.lower() not in (b"content-length", b"content-type")
+        ]
+        headers += [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class QuietValidationLog(logging.Filter):
+    """BentoML logs every error of its API routes at ERROR with a traceback (its
+    `log_exception`, bentoml/_internal/server/http_app.py), 400s included, and a pydantic
+    traceback holds the values the caller sent. The 4xx are ErrorContract's to log (one
+    WARNING line); a real failure keeps its ERROR line and traceback, with the request id
+    that its 500 answer gives the caller."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        from pydantic import ValidationError
+
+        if isinstance(exc, (ValidationError, errors.ServingError)):
+            return False
+        code = getattr(getattr(exc, "error_code", None), "value", 500)
+        if isinstance(code, int) and code < 500:
+            return False
+        outcome = OUTCOME.get()
+        rid = errors.request_id()
+        if outcome is not None:
+            outcome.request_id = rid
+        record.msg = f"{record.msg} -> 500 (request %s)"
+        record.args = (*(record.args or ()), rid)
+        return True
+
+
+class EscapedAccessLog(logging.Filter):
+    """The access log's fields, control characters escaped: a `%0d%0a` in a path can't forge
+    a line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                errors.safe(a, 2000) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
+def install_log_filters() -> None:
+    logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietValidationLog())
+    logging.getLogger("bentoml.access").addFilter(EscapedAccessLog())
+
+
+# --- guards -----------------------------------------------------------------------------------
 
 
 class ApiKeyGuard:
@@ -76,18 +261,16 @@ class ApiKeyGuard:
         return sum(hmac.compare_digest(digest, h) for h in self.hashes) > 0
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        path = scope.get("path", "")
-        if (
-            scope["type"] != "http"
-            or path in OPEN_PATHS
-            or path in DOC_PATHS
-            or self.accepts(scope)
-        ):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rule = route_of(scope.get("path", ""))
+        if (rule is not None and not rule.auth) or self.accepts(scope):
             return await self.app(scope, receive, send)
         await reply(
             send,
             401,
             "missing or wrong API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+            "unauthorized",
             {"WWW-Authenticate": "Bearer"},
         )
 
@@ -101,62 +284,79 @@ class ContentTypeGuard:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            wanted = ROUTE_MEDIA_TYPES.get(scope["path"].rstrip("/") or "/")
-            if wanted is not None:
+            rule = route_of(scope["path"])
+            if rule is not None and rule.media_types:
                 full = header(scope, b"content-type") or ""
                 got = full.split(";")[0].strip().lower()
-                if got != wanted:
-                    message = f"Content-Type must be {wanted}, got {got or 'none'}"
-                    return await reply(send, 415, message)
+                if got not in rule.media_types:
+                    wanted = " or ".join(rule.media_types)
+                    message = f"Content-Type must be {wanted}, got {errors.safe(got, 80) or 'none'}"
+                    return await reply(send, 415, message, "media_type")
                 if got == "multipart/form-data" and "boundary=" not in full.lower():
                     message = "Content-Type multipart/form-data needs its boundary parameter"
-                    return await reply(send, 400, message)
+                    return await reply(send, 400, message, "media_type")
         await self.app(scope, receive, send)
 
 
 class BodyTooLarge(Exception):
-    """Raised into the app when a body without Content-Length streams past its limit."""
+    """Raised into the app when a body passes its limit as it streams in."""
 
 
-class BodyLimit:
-    """413 for a body past its route's limit: at once from Content-Length, without reading
-    it; or, for a body sent without one (chunked), as soon as the count passes the limit,
-    so memory and disk never hold more than the limit."""
+class BodyBudget:
+    """413 for a body past its route's limits, before the app has it all: at once from
+    Content-Length, without reading it; as soon as a body sent without one (chunked) passes
+    its byte limit; and, for JSON, as soon as the values, arrays and members counted in it
+    pass what MAX_VALUES allows (contract.json_budget), so a body can't make the parser build
+    more objects than a request of MAX_VALUES values needs. V2's binary tensors after their
+    JSON header are counted in bytes only."""
 
     def __init__(self, app: Any, settings: Settings) -> None:
-        self.app = app
-        json_limit = (settings.json_limit, "MAX_JSON_BYTES")
-        self.limits = {
-            "/predict": json_limit,
-            "/predict_batched": json_limit,
-            "/predict_binary": (settings.binary_limit, "MAX_BINARY_BYTES"),
-            "/predict_file": (settings.max_file_bytes, "MAX_FILE_BYTES"),
-            "/predict_image": (settings.max_image_bytes, "MAX_IMAGE_BYTES"),
-        }
-        # V2 infer takes JSON or a JSON header plus binary tensors: the larger limit.
-        self.default = max(json_limit, (settings.binary_limit, "MAX_BINARY_BYTES"))
+        from .contract import body_limit, json_budget
+
+        self.app, self.settings = app, settings
+        self.limit_of = lambda rule: body_limit(rule, settings)
+        self.budget = json_budget(settings)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
         path = scope["path"]
-        limit, setting = self.limits.get(path.rstrip("/"), self.default)
+        rule = route_of(path)
+        limit, setting = self.limit_of(rule)
         length = header(scope, b"content-length")
-        if length is not None and length.isdigit() and int(length) <= limit:
+        counted = rule is not None and rule.json_values
+        if length is not None and length.isdigit() and int(length) > limit:
+            message = f"the body is larger than {path} takes: at most {limit:,} bytes ({setting})"
+            return await reply(send, 413, errors.safe(message), "body_too_large")
+        if not counted and length is not None and length.isdigit():
             # The HTTP server reads no more than Content-Length says: nothing to count.
             return await self.app(scope, receive, send)
-        message = f"the body is larger than {path} takes: at most {limit:,} bytes ({setting})"
-        if length is not None and length.isdigit():
-            return await reply(send, 413, message)
-        seen, over, started = 0, False, False
+        json_bytes = 1 << 62
+        if counted and (head := header(scope, b"inference-header-content-length")):
+            json_bytes = int(head) if head.isdigit() else 0  # V2: its JSON header only
+        seen, nodes, over, started = 0, 0, "", False
+        budget = self.budget
 
-        async def counted() -> dict:
-            nonlocal seen, over
+        async def counting() -> dict:
+            nonlocal seen, nodes, over
             msg = await receive()
-            seen += len(msg.get("body", b""))
+            chunk = msg.get("body", b"")
+            if counted and seen < json_bytes:
+                part = chunk[: json_bytes - seen] if json_bytes - seen < len(chunk) else chunk
+                nodes += part.count(b",") + part.count(b"[") + part.count(b"{")
+                if nodes > budget:
+                    over = (
+                        f"the JSON body holds more than {budget:,} values, arrays and members: "
+                        f"at most MAX_VALUES={self.settings.max_values:,} values are taken"
+                    )
+                    raise BodyTooLarge(over)
+            seen += len(chunk)
             if seen > limit:
-                over = True
-                raise BodyTooLarge(message)
+                over = (
+                    f"the body is larger than {errors.safe(path)} takes: at most {limit:,} "
+                    f"bytes ({setting})"
+                )
+                raise BodyTooLarge(over)
             return msg
 
         async def watched(msg: dict) -> None:
@@ -168,9 +368,9 @@ class BodyLimit:
 
         # The app may let the exception out, or turn it into an error of its own.
         with contextlib.suppress(BodyTooLarge):
-            await self.app(scope, counted, watched)
+            await self.app(scope, counting, watched)
         if over and not started:
-            await reply(send, 413, message)
+            await reply(send, 413, over, "size" if "values" in over else "body_too_large")
 
 
 class JsonNotFound:
@@ -183,7 +383,7 @@ class JsonNotFound:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         # A POST to a prediction route always finds its route: nothing to rewrite there.
         if scope["type"] != "http" or (
-            scope["method"] == "POST" and scope["path"] in ROUTE_MEDIA_TYPES
+            scope["method"] == "POST" and route_of(scope["path"]) is not None
         ):
             return await self.app(scope, receive, send)
         status = 0
@@ -196,9 +396,12 @@ class JsonNotFound:
                     status = message["status"]
                     return
             elif status:
-                where = f"{scope['method']} {scope['path']}"
+                where = errors.safe(f"{scope['method']} {scope['path']}")
                 what = "no route for" if status == 404 else "method not allowed:"
-                return await reply(send, status, f"{what} {where}; the API is at /docs.json")
+                reason = "not_found" if status == 404 else "method"
+                return await reply(
+                    send, status, f"{what} {where}; the API is at /docs.json", reason
+                )
             await send(message)
 
         await self.app(scope, receive, rewrite)
@@ -225,7 +428,7 @@ class BatchingRefusal:
                 return
             if rewriting:
                 why = "overloaded: adaptive batching can't answer within BATCH_MAX_LATENCY_MS"
-                return await reply(send, 503, f"{why}; retry later", self.retry)
+                return await reply(send, 503, f"{why}; retry later", "size", self.retry)
             await send(message)
 
         await self.app(scope, receive, rewrite)

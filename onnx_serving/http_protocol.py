@@ -1,5 +1,15 @@
 """uvicorn's HTTP protocol (0.54, httptools) with what it lacks: load shedding before the
-app, and request read timeouts.
+app, bounded headers, and request read timeouts and a minimum body rate.
+
+Headers: a request line and headers past HTTP_MAX_HEADER_BYTES in all, or more than
+HTTP_MAX_HEADERS of them, get `431` and the connection is closed as the limit is crossed:
+nothing past it is kept (uvicorn keeps every header it is sent).
+
+Slow clients hold nothing: a POST whose body (Content-Length up to 64 KiB, uvicorn's own
+read buffer) has not fully arrived is not admitted, and has no task, until it has; larger and
+chunked bodies are admitted when their headers arrive and must then keep arriving at
+HTTP_BODY_MIN_RATE bytes a second (measured over windows of RATE_WINDOW_S), as every body
+must, or the connection gets `408`.
 
 Shedding: a POST that admission control (onnx_serving/admission.py) has no room for gets its
 503 right here, once its headers are parsed: no task is created and no middleware runs, so a
@@ -34,36 +44,54 @@ module: the worker imports it before creating its uvicorn.Config.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Iterable
 
+import httptools
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from . import metrics
+from . import errors, metrics
 from .admission import Admission
 from .config import settings
 from .drain import DRAINER
 
 ADMISSION = Admission(settings())
+RATE_WINDOW_S = 4.0
+_STATUS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
-_MSG = json.dumps(
-    {"error": "the request was not received in time (HTTP_HEADER_TIMEOUT, HTTP_BODY_TIMEOUT)"}
-).encode()
-_RESPONSE_408 = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-    b"content-length: " + str(len(_MSG)).encode() + b"\r\nconnection: close\r\n\r\n" + _MSG
-)
+
+def closing_response(status: int, reason: str, message: str, where: str) -> bytes:
+    """A whole JSON error response that closes the connection (counted and logged once)."""
+    body = errors.refused(status, reason, message, where)
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n" % (status, _STATUS[status]),
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body),
+            body,
+        )
+    )
+
+
+class HeadersTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a request whose headers are too large."""
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout = settings().http_header_timeout_s
     body_timeout = settings().http_body_timeout_s
+    min_rate = settings().http_body_min_rate
+    max_header_bytes = settings().http_max_header_bytes
+    max_headers = settings().http_max_headers
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # When what the connection waits for is due, and what to do then (the sweep calls it).
         self._deadline: float | None = None
         self._overdue: Callable[[], None] = self._on_header_timeout
+        self._header_bytes = 0
+        self._deferred: tuple = ()  # (cycle, app) of a POST waiting for its whole body
+        self._rate_since: float | None = None  # the body's current rate window, and its bytes
+        self._rate_bytes = 0
 
     def _expect(self, seconds: float | None, overdue: Callable[[], None]) -> None:
         self._deadline = self.loop.time() + seconds if seconds else None
@@ -78,23 +106,77 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
         self._expect(self.header_timeout, self._on_header_timeout)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._leave_deferred()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's, with its plain-text 400 for a request that doesn't parse made JSON, and
+        # 431 for headers past their limits.
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            if self._header_bytes < 0:  # set by on_url / on_header
+                message = (
+                    f"the request's headers are too large: at most {self.max_headers} headers "
+                    f"and {self.max_header_bytes:,} bytes with the request line "
+                    "(HTTP_MAX_HEADERS, HTTP_MAX_HEADER_BYTES)"
+                )
+                response = closing_response(431, "headers_too_large", message, "headers")
+            else:
+                message = "not a valid HTTP/1.1 request"
+                response = closing_response(400, "schema", message, "request line")
+            self.transport.write(response)
+            self.transport.close()
+
     # A reused connection: the clock starts at the request's first byte.
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._header_bytes = 0
         if self._deadline is None or self._overdue == self.timeout_keep_alive_handler:
             self._expect(self.header_timeout, self._on_header_timeout)
 
+    def on_url(self, url: bytes) -> None:
+        self._header_bytes += len(url)
+        if self._header_bytes > self.max_header_bytes:
+            self._header_bytes = -1
+            raise HeadersTooLarge
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.max_header_bytes or len(self.headers) >= self.max_headers:
+            self._header_bytes = -1
+            raise HeadersTooLarge
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
         self._expect(self.body_timeout, self._on_body_timeout)  # on_message_complete clears it
+        self._rate_since, self._rate_bytes = self.loop.time(), 0
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
+        self._rate_bytes += len(body)
         if self._deadline is not None:
             self._expect(self.body_timeout, self._on_body_timeout)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._rate_since = None
+        if self._deferred and self._deferred[0] is self.cycle:
+            # The whole body is here: now the request may take a slot (or be refused).
+            cycle, app = self._deferred
+            self._leave_deferred()
+            self._deadline = None
+            self._admit(cycle, app)
+            return
         if self.cycle.response_complete and not self.pipeline:
             # Answered before its body ended (a refusal): the connection is idle from now on.
             self._expect(self.timeout_keep_alive, self.timeout_keep_alive_handler)
@@ -119,6 +201,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # previous response is complete).
         if cycle.scope["method"] != "POST":
             return super()._start_asgi_task(cycle, app)
+        if cycle.more_body and not cycle.waiting_for_100_continue and _small_body(cycle.scope):
+            # Its body fits uvicorn's read buffer: wait for all of it before admitting.
+            ADMISSION.receiving += 1
+            self._deferred = (cycle, app)
+            return
+        self._admit(cycle, app)
+
+    def _admit(self, cycle, app) -> None:
         if not ADMISSION.admit():
             return self._refuse(cycle)
         # uvicorn's own _start_asgi_task (BentoML leaves reset_contextvars off), and the count.
@@ -126,6 +216,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         task.add_done_callback(self.tasks.discard)
         task.add_done_callback(ADMISSION.done)
         self.tasks.add(task)
+
+    def _leave_deferred(self) -> None:
+        if self._deferred:
+            self._deferred = ()
+            ADMISSION.receiving -= 1
 
     def _refuse(self, cycle) -> None:
         keep_alive = cycle.keep_alive and not DRAINER.draining
@@ -139,12 +234,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def check_deadline(self, now: float) -> None:
-        """Called by the sweep: act if what this connection waits for is overdue."""
+        """Called by the sweep: act if what this connection waits for is overdue, or if its
+        body arrives slower than HTTP_BODY_MIN_RATE."""
+        if self._rate_since is not None and self.min_rate:
+            self._check_rate(now)
         if self._deadline is None or now < self._deadline:
             return
         self._deadline = None
         if not self.transport.is_closing():
             self._overdue()
+
+    def _check_rate(self, now: float) -> None:
+        if self.flow.read_paused or self.transport.is_closing():
+            # Back-pressure: the app isn't reading, not the client's fault. Start again.
+            self._rate_since, self._rate_bytes = now, 0
+            return
+        elapsed = now - self._rate_since
+        if elapsed < RATE_WINDOW_S:
+            return
+        if self._rate_bytes < self.min_rate * elapsed:
+            self._rate_since = None
+            self._timed_out(
+                f"the request body arrived at {self._rate_bytes / elapsed:,.0f} bytes/s, slower "
+                f"than HTTP_BODY_MIN_RATE={self.min_rate:,} bytes/s",
+                "slow_body",
+            )
+        else:
+            self._rate_since, self._rate_bytes = now, 0
 
     def _on_header_timeout(self) -> None:
         if self.cycle is not None and not self.cycle.response_complete:
@@ -152,20 +268,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # produced: let that response finish first.
             self._expect(self.header_timeout, self._on_header_timeout)
             return
-        metrics.REJECTIONS.labels(reason="timeout").inc()
-        self.transport.write(_RESPONSE_408)
+        message = (
+            "the request's headers did not arrive within "
+            f"HTTP_HEADER_TIMEOUT={self.header_timeout:g} s"
+        )
+        self.transport.write(closing_response(408, "timeout", message, "headers"))
         self.transport.close()
 
     def _on_body_timeout(self) -> None:
         if self.flow.read_paused:  # back-pressure: the app isn't reading, not the client's fault
             self._expect(self.body_timeout, self._on_body_timeout)
             return
+        message = f"the request body stalled for HTTP_BODY_TIMEOUT={self.body_timeout:g} s"
+        self._timed_out(message, "timeout")
+
+    def _timed_out(self, message: str, reason: str) -> None:
         cycle = self.cycle
+        metrics.SLOW_BODIES.inc()
         if cycle is not None and not cycle.response_started:
             cycle.response_started = True  # the app's own response, if any, is dropped
-            metrics.REJECTIONS.labels(reason="timeout").inc()
-            self.transport.write(_RESPONSE_408)
+            where = f"{cycle.scope['method']} {cycle.scope['path']}"
+            self.transport.write(closing_response(408, reason, message, where))
         self.transport.close()  # connection_lost tells the app: http.disconnect
+
+
+def _small_body(scope: dict) -> bool:
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            return value.isdigit() and int(value) <= HIGH_WATER_LIMIT
+    return False  # chunked: no size known
 
 
 class Sweep:

@@ -14,18 +14,27 @@ from .signature import ImageRecipe
 from .tensors import InvalidInput
 
 FORMATS = ("PNG", "JPEG")
-MAX_PIXELS = 50_000_000  # Pillow's own decompression-bomb guard works in the same unit
 
 
-def to_tensor(data: bytes, recipe: ImageRecipe) -> np.ndarray:
-    """PNG or JPEG bytes -> float32 [1, C, H, W] (or [1, H, W, C]) by the recipe."""
+def to_tensor(data: bytes, recipe: ImageRecipe, max_pixels: int = 50_000_000) -> np.ndarray:
+    """PNG or JPEG bytes -> float32 [1, C, H, W] (or [1, H, W, C]) by the recipe. An image of
+    more than `max_pixels` (MAX_IMAGE_PIXELS) is refused from its header, before decoding."""
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    # Pillow's own guard warns at this many pixels and refuses only at twice as many.
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         img = Image.open(io.BytesIO(data))
         if img.format not in FORMATS:
             raise InvalidInput(f"the image is {img.format}; send PNG or JPEG")
+        width, height = img.size
+        if width * height > max_pixels:
+            raise InvalidInput(
+                f"the image has {width}x{height} = {width * height:,} pixels; at most "
+                f"MAX_IMAGE_PIXELS={max_pixels:,}",
+                status=413,
+                reason="size",
+            )
         img.load()
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InvalidInput(f"not a readable PNG or JPEG image: {exc}") from None

@@ -7,8 +7,6 @@ only (model versions served, endpoints, fixed reasons). README, Metrics, lists t
 
 from __future__ import annotations
 
-import re
-
 import bentoml
 
 PREDICTIONS = bentoml.metrics.Counter(
@@ -24,8 +22,7 @@ ROWS = bentoml.metrics.Counter(
 )
 REJECTIONS = bentoml.metrics.Counter(
     name="onnx_input_rejections",
-    documentation="Requests refused for their input, by reason: json, schema, shape, range, "
-    "size, media_type, body_too_large, unauthorized, timeout, version",
+    documentation="Requests refused with a 4xx, by reason (onnx_serving/errors.py REASONS)",
     labelnames=["reason"],
 )
 SHED = bentoml.metrics.Counter(
@@ -44,18 +41,29 @@ SHADOW_SKIPPED = bentoml.metrics.Counter(
     name="onnx_shadow_skipped",
     documentation="Requests not shadowed because the shadow was still busy with earlier ones",
 )
-
-# An input error's message -> its reason label. One place, so labels stay few.
-_REASONS = [
-    ("size", r"too many (values|rows)|larger than"),
-    ("range", r"not a finite|out of range"),
-    ("shape", r"ragged|dimension|shape|feature|empty|same number of rows|static batch"),
-    ("json", r"invalid json|json_invalid|EOF while parsing|expected value"),
-]
-
-
-def reason_of(message: str) -> str:
-    for reason, pattern in _REASONS:
-        if re.search(pattern, message, re.IGNORECASE):
-            return reason
-    return "schema"
+ROUTING_RELOAD_FAILURES = bentoml.metrics.Counter(
+    name="onnx_routing_reload_failures",
+    documentation="Changes of ROUTING_FILE that could not be applied (the routing in force kept)",
+)
+SLOW_BODIES = bentoml.metrics.Counter(
+    name="onnx_slow_bodies",
+    documentation="Connections closed with 408 because a request body arrived slower than "
+    "HTTP_BODY_MIN_RATE or stalled for HTTP_BODY_TIMEOUT",
+)
+# Saturation, sampled by the admission ticker (not per request): what each worker holds.
+IN_FLIGHT = bentoml.metrics.Gauge(
+    name="onnx_requests_in_flight",
+    documentation="Prediction requests admitted and not yet answered, per worker",
+    multiprocess_mode="livesum",
+)
+RECEIVING = bentoml.metrics.Gauge(
+    name="onnx_bodies_receiving",
+    documentation="Requests whose body is still arriving (not admitted yet), per worker",
+    multiprocess_mode="livesum",
+)
+ADMISSION_LIMIT = bentoml.metrics.Gauge(
+    name="onnx_admission_limit",
+    documentation="How many prediction requests the worker admits at once now (MAX_IN_FLIGHT "
+    "unless shedding)",
+    multiprocess_mode="livemin",
+)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .guards import DOC_PATHS, OPEN_PATHS, ROUTE_MEDIA_TYPES
+from .contract import route_of
 
 ERROR = {
     "type": "object",
@@ -31,14 +31,16 @@ DESCRIPTIONS = {
     "404": "No such model or version",
     "413": "The body is larger than the route takes",
     "415": "The Content-Type doesn't fit the route",
+    "500": "A fault of the server: the body's request_id names its log line",
 }
 
 
 def errors_of(path: str, method: str) -> list[str]:
-    codes = [] if path in OPEN_PATHS or path in DOC_PATHS else ["401"]
+    rule = route_of(path)
+    codes = [] if rule is not None and not rule.auth else ["401"]
     if method == "post":
         codes += ["400", "413"]
-        if path in ROUTE_MEDIA_TYPES:
+        if rule is not None and rule.media_types:
             codes.append("415")
     if path.startswith("/v2/models/"):
         codes += ["400", "404"]

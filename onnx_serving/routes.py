@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
-from . import images, metrics, v2
+from . import errors, images, v2
 from .config import settings
-from .routing import RoutingError
-from .tensors import InvalidInput, check_values, from_bytes, to_bytes
+from .errors import ServingError
+from .guards import error_response
+from .tensors import InvalidInput, check_shape, check_values, from_bytes, to_bytes
 from .validation import check_feeds
 
 # BentoML serves the documentation (/ and /docs.json); this app only lends it its paths.
@@ -29,7 +30,7 @@ app.include_router(v2.router)
 @app.exception_handler(RequestValidationError)
 async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
     # `ctx` may hold the exception itself, which JSON can't carry.
-    detail = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()]
+    detail = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()[:10]]
     where = ".".join(str(p) for p in detail[0]["loc"])
     return JSONResponse({"error": f"{where}: {detail[0]['msg']}", "detail": detail}, 400)
 
@@ -40,10 +41,9 @@ async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
 
-@app.exception_handler(InvalidInput)
-async def invalid_input(_: Request, exc: InvalidInput) -> JSONResponse:
-    metrics.REJECTIONS.labels(reason=metrics.reason_of(str(exc))).inc()
-    return JSONResponse({"error": str(exc)}, 400)
+@app.exception_handler(ServingError)
+async def refused(_: Request, exc: ServingError) -> JSONResponse:
+    return error_response(exc)
 
 
 def versions() -> Any:
@@ -55,11 +55,7 @@ def versions() -> Any:
 
 def chosen(request: Request) -> tuple[Any, Any]:
     """The model that answers `request`, and how it was chosen (404 for an unknown version)."""
-    try:
-        return versions().choose(request.headers, request.client.host if request.client else "")
-    except RoutingError as exc:
-        metrics.REJECTIONS.labels(reason="version").inc()
-        raise StarletteHTTPException(404, str(exc)) from None
+    return versions().choose(request.headers, request.client.host if request.client else "")
 
 
 @app.get(
@@ -127,8 +123,10 @@ async def predict_binary(request: Request) -> Response:
     body = await request.body()
     if not body:
         raise InvalidInput(f"the body is empty: send little-endian {spec.datatype} values")
+    limits = settings()
     shape = _shape(request.headers.get("X-Shape"), len(body), spec)
-    values = from_bytes(body, spec.dtype, int(np.prod(shape)), "the body")
+    count = check_shape(shape, "X-Shape", limits.max_values, limits.max_rank)
+    values = from_bytes(body, spec.dtype, count, "the body")
     values = check_values(values.reshape(shape), spec.dtype, "x", sig.allow_nan)
     feeds = check_feeds(sig, {spec.name: values}, settings().max_values)
     outputs = model.run(feeds)
@@ -151,10 +149,8 @@ def _shape(header: str | None, nbytes: int, spec: Any) -> list[int]:
             shape = [int(d) for d in header.split(",")]
         except ValueError:
             raise InvalidInput(
-                f"X-Shape must be integers separated by commas, got {header!r}"
+                f"X-Shape must be integers separated by commas, got {errors.safe(header, 80)!r}"
             ) from None
-        if any(d < 0 for d in shape):
-            raise InvalidInput(f"X-Shape {header!r} has a negative dimension")
         return shape
     if spec.dtype.kind == "O":
         raise InvalidInput("string tensors need an X-Shape header")
@@ -184,7 +180,9 @@ async def predict_image(
             "this model takes no image: /predict_image needs one float input of rank 4 with "
             "1 or 3 channels"
         )
-    tensor = images.to_tensor(await file.read(), sig.image)
+    # Decoding takes up to a second of CPU for the largest image allowed: off the event loop.
+    data = await file.read()
+    tensor = await run_in_threadpool(images.to_tensor, data, sig.image, settings().max_image_pixels)
     feeds = check_feeds(sig, {sig.inputs[0].name: tensor}, settings().max_values)
     outputs = model.run(feeds)
     versions().answered(route, "/predict_image", feeds, outputs)

@@ -113,18 +113,42 @@ class Router:
 
     async def watch(self, every_s: float = 1.0) -> None:
         """Reload the routing file whenever it changes; keep the routing in force if the new
-        file can't be applied. Requests in flight finish on the version they were given."""
+        file can't be applied. Requests in flight finish on the version they were given.
+        Nothing ends this loop: each failure (bad bytes or YAML, an unknown version, no
+        permission, a deleted file) is logged once and counted, and the next good file
+        applies."""
         assert self.file is not None
+        failure: str | None = None
         while True:
             await asyncio.sleep(every_s)
             try:
-                mtime = self.file.stat().st_mtime
-                if mtime == self._mtime:
-                    continue
-                self._mtime = mtime
-                self.apply(load(self.file))
-            except (OSError, RoutingError) as exc:
-                logger.error("routing file %s not applied, keeping the routing: %s", self.file, exc)
+                if self._reload():
+                    failure = None
+            except Exception as exc:  # the watcher must outlive any file
+                why = str(exc) if isinstance(exc, RoutingError) else f"{type(exc).__name__}: {exc}"
+                if why != failure:  # once per failure, not once a second
+                    failure = why
+                    from . import metrics
+
+                    metrics.ROUTING_RELOAD_FAILURES.inc()
+                    logger.warning(
+                        "routing file %s not applied, keeping the routing in force: %s",
+                        self.file,
+                        why,
+                    )
+
+    def _reload(self) -> bool:
+        """Apply the file if it changed since it was last read; True if it was applied."""
+        assert self.file is not None
+        try:
+            mtime = self.file.stat().st_mtime
+        except OSError as exc:
+            raise RoutingError(f"ROUTING_FILE: {exc.strerror}: {self.file}") from None
+        if mtime == self._mtime:
+            return False
+        self._mtime = mtime
+        self.apply(load(self.file))
+        return True
 
 
 def load(file: Path) -> Routing:
@@ -134,5 +158,7 @@ def load(file: Path) -> Routing:
         return Routing.model_validate(data)
     except OSError as exc:
         raise RoutingError(f"ROUTING_FILE: {exc.strerror}: {file}") from None
+    except UnicodeDecodeError as exc:
+        raise RoutingError(f"ROUTING_FILE {file} is not UTF-8 text: {exc.reason}") from None
     except (yaml.YAMLError, ValidationError) as exc:
         raise RoutingError(f"ROUTING_FILE {file}: {exc}") from None

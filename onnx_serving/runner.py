@@ -8,14 +8,16 @@ tag so that a later version can sit beside the default one.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import model_store
+from .errors import ServingError
 from .feeds import Feeds
-from .signature import Signature, example_feeds
+from .signature import Signature, example_feeds, is_static
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -25,22 +27,75 @@ if TYPE_CHECKING:
 logger = logging.getLogger("onnx_serving")
 
 
+# ONNX Runtime's errors while running a request that passed every check: the model passed
+# its trial run at load, so these are caused by the input (an index out of its table, shapes
+# that don't broadcast...) and answered 400 with the runtime's message, as Triton does.
+_INPUT_ERRORS = ("InvalidArgument", "Fail", "RuntimeException", "NotImplemented")
+_ALLOCATION = ("allocat", "bad_alloc", "out of memory")
+
+
+def model_error(exc: Exception, max_output_bytes: int) -> Exception:
+    """What an exception from `session.run` means for the caller: a ServingError (400, or 413
+    when the run needed more memory than it could have), else the exception itself."""
+    text = str(exc)
+    if isinstance(exc, MemoryError) or any(a in text.lower() for a in _ALLOCATION):
+        return ServingError(
+            "the model could not allocate its outputs for this input (at most "
+            f"MAX_OUTPUT_BYTES={max_output_bytes:,} bytes are answered): send fewer rows",
+            status=413,
+            reason="output_too_large",
+        )
+    if type(exc).__name__ in _INPUT_ERRORS:
+        text = text.split("Status Message: ", 1)[-1].removeprefix("[ONNXRuntimeError] : ")
+        return ServingError(
+            f"the model could not run on this input: {text[:400]}", reason="model_rejected"
+        )
+    return exc
+
+
 @dataclass
 class LoadedModel:
     tag: str
     session: ort.InferenceSession
     signature: Signature
     info: dict[str, Any]
+    max_output_bytes: int = 512 << 20
+    # Per output: its item size and dimensions (int, or (input, axis) whose size it takes);
+    # None where a size is known only once the model has run.
+    _output_plan: list | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._output_plan = _output_plan(self.signature)
 
     def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
-        """Checked inputs -> output name -> array, one row per input row."""
+        """Checked inputs -> output name -> array, one row per input row. Outputs past
+        MAX_OUTPUT_BYTES are refused (413): before running where their shapes follow from
+        the inputs', and after running in any case (before they are encoded)."""
         sig = self.signature
+        if self._output_plan is not None:
+            self._check_output_bytes(_planned_bytes(self._output_plan, feeds.arrays))
         if sig.batch == "static" and feeds.rows != sig.batch_size:
-            return self._run_in_slices(feeds, sig.batch_size)
-        return self._run_once(feeds.arrays)
+            outputs = self._run_in_slices(feeds, sig.batch_size)
+        else:
+            outputs = self._run_once(feeds.arrays)
+        # Always, also after a plan: a plan's batch dimension is a guess for unnamed ones.
+        self._check_output_bytes(sum(v.nbytes for v in outputs.values()))
+        return outputs
+
+    def _check_output_bytes(self, nbytes: int) -> None:
+        if nbytes > self.max_output_bytes:
+            raise ServingError(
+                f"the outputs for this input take {nbytes:,} bytes; at most "
+                f"MAX_OUTPUT_BYTES={self.max_output_bytes:,}: send fewer rows",
+                status=413,
+                reason="output_too_large",
+            )
 
     def _run_once(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raw = self.session.run(None, arrays)
+        try:
+            raw = self.session.run(None, arrays)
+        except Exception as exc:
+            raise model_error(exc, self.max_output_bytes) from None
         out = {}
         for spec, value in zip(self.signature.outputs, raw, strict=True):
             if spec.is_zipmap:
@@ -64,6 +119,38 @@ class LoadedModel:
                 }
             parts.append({k: v[:real] for k, v in self._run_once(chunk).items()})
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _output_plan(sig: Signature) -> list | None:
+    """How to size each output from the inputs' shapes, if every dimension can be."""
+    bound: dict[str, tuple[str, int]] = {}
+    for spec in sig.inputs:
+        for axis, dim in enumerate(spec.shape):
+            if not is_static(dim) and dim != "?":
+                bound.setdefault(dim, (spec.name, axis))
+    plan = []
+    for spec in sig.outputs:
+        if spec.dtype.kind == "O" or spec.is_zipmap:
+            return None
+        dims: list[Any] = []
+        for axis, dim in enumerate(spec.shape):
+            if is_static(dim):
+                dims.append(dim)
+            elif dim in bound:
+                dims.append(bound[dim])
+            elif axis == 0 and sig.batch != "none" and sig.inputs and sig.inputs[0].rank:
+                dims.append((sig.inputs[0].name, 0))  # the rows, as the batch dimension
+            else:
+                return None
+        plan.append((spec.dtype.itemsize, dims))
+    return plan
+
+
+def _planned_bytes(plan: list, arrays: dict[str, np.ndarray]) -> int:
+    return sum(
+        size * math.prod(d if isinstance(d, int) else arrays[d[0]].shape[d[1]] for d in dims)
+        for size, dims in plan
+    )
 
 
 def session_options(settings: Settings | None = None) -> ort.SessionOptions:
@@ -122,7 +209,13 @@ class ModelRunner:
             "metrics": meta.get("metrics", {}),
             "metadata": dict(meta),
         }
-        model = LoadedModel(tag=tag, session=session, signature=signature, info=info)
+        model = LoadedModel(
+            tag=tag,
+            session=session,
+            signature=signature,
+            info=info,
+            max_output_bytes=self.settings.max_output_bytes,
+        )
         # Warm-up: the first run allocates buffers; do it before /readyz says yes.
         trial_run(model)
         self.models[tag] = model

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .errors import ServingError
+
 if TYPE_CHECKING:
     from .signature import TensorSpec
 
@@ -34,8 +36,33 @@ DTYPES: dict[str, tuple[np.dtype, str]] = {
 DATATYPES = {v2: dtype for dtype, v2 in DTYPES.values()}
 
 
-class InvalidInput(ValueError):
-    """Input that can't be served, with a message that says why; answered with a 4xx."""
+class InvalidInput(ServingError):
+    """Input that can't be served, with a message that says why; answered with a 400."""
+
+
+def check_shape(shape: list[int], where: str, max_values: int, max_rank: int) -> int:
+    """A shape a client sent, held to the limits before anything is allocated for it: its
+    rank at most MAX_RANK, every dimension and their product at most MAX_VALUES. The count."""
+    if len(shape) > max_rank:
+        raise InvalidInput(
+            f"{where} has {len(shape)} dimensions; at most MAX_RANK={max_rank} are taken",
+            reason="shape",
+        )
+    count = 1
+    for d in shape:
+        if d < 0:
+            raise InvalidInput(f"{where}: shape {shape} has a negative dimension", reason="shape")
+        if d > max_values:
+            raise InvalidInput(
+                f"{where}: dimension {d} is larger than MAX_VALUES={max_values}", reason="size"
+            )
+        count *= d
+    if count > max_values:
+        raise InvalidInput(
+            f"too many values: {where} has shape {shape}, {count} values > MAX_VALUES={max_values}",
+            reason="size",
+        )
+    return count
 
 
 def type_name(dtype: np.dtype) -> str:

@@ -18,15 +18,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from . import metrics
-from .tensors import InvalidInput
 from .v2_codec import HEADER_LENGTH, InferRequest, InferResponse, V2Error, feeds_of, parse, respond
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
-
-
-def error(message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
 
 
 def _inline(model: type[BaseModel]) -> dict[str, Any]:
@@ -69,6 +63,7 @@ def _model(name: str, version: str | None, request: Request | None = None) -> tu
         f"model {name!r}{f' version {version!r}' if version else ''} is not served; "
         f"served: {sorted(served.runner.models)}",
         404,
+        "version",
     )
 
 
@@ -94,8 +89,11 @@ async def live() -> dict[str, bool]:
 async def ready() -> JSONResponse:
     import bentoml
 
+    from .drain import DRAINER
+
+    # As /readyz: loaded, warmed up, and not draining after SIGTERM.
     runner = getattr(bentoml.get_current_service(), "runner", None)
-    ok = bool(runner and runner.models)
+    ok = bool(runner and runner.models) and not DRAINER.draining
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
@@ -124,10 +122,7 @@ def params(*names: str, **extra: Any) -> dict[str, Any]:
 async def model_metadata(request: Request) -> JSONResponse:
     name = request.path_params["name"]
     version = request.path_params.get("version")
-    try:
-        model, _ = _model(name, version)
-    except V2Error as exc:
-        return error(str(exc), exc.status)
+    model, _ = _model(name, version)
     sig = model.signature
     tag_name, tag_version = model.tag.split(":")
     every = [t.split(":")[1] for t in _served().runner.models if t.split(":")[0] == tag_name]
@@ -154,11 +149,11 @@ async def model_metadata(request: Request) -> JSONResponse:
 )
 async def model_ready(request: Request) -> JSONResponse:
     name = request.path_params["name"]
-    try:
-        _model(name, request.path_params.get("version"))
-    except V2Error as exc:
-        return error(str(exc), exc.status)
-    return JSONResponse({"name": name, "ready": True})
+    from .drain import DRAINER
+
+    _model(name, request.path_params.get("version"))
+    ready = not DRAINER.draining  # as /readyz: not while the worker drains after SIGTERM
+    return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
 
 INFER_DOC = {
@@ -193,21 +188,12 @@ INFER_DOC = {
 async def infer(request: Request) -> Response:
     from .config import settings
 
-    try:
-        model, route = _model(
-            request.path_params["name"], request.path_params.get("version"), request
-        )
-        parsed, binary = parse(await request.body(), request.headers.get(HEADER_LENGTH))
-        feeds = feeds_of(parsed, binary, model, settings().max_values)
-        outputs = model.run(feeds)
-        _served().answered(route, "/v2/infer", feeds, outputs)
-        response = respond(parsed, model, outputs)
-        response.headers["X-Model"] = model.tag
-        return response
-    except V2Error as exc:
-        if exc.status == 400:
-            metrics.REJECTIONS.labels(reason=metrics.reason_of(str(exc))).inc()
-        return error(str(exc), exc.status)
-    except InvalidInput as exc:
-        metrics.REJECTIONS.labels(reason=metrics.reason_of(str(exc))).inc()
-        return error(str(exc), 400)
+    limits = settings()
+    model, route = _model(request.path_params["name"], request.path_params.get("version"), request)
+    parsed, binary = parse(await request.body(), request.headers.get(HEADER_LENGTH))
+    feeds = feeds_of(parsed, binary, model, limits.max_values, limits.max_rank)
+    outputs = model.run(feeds)
+    _served().answered(route, "/v2/infer", feeds, outputs)
+    response = respond(parsed, model, outputs)
+    response.headers["X-Model"] = model.tag
+    return response

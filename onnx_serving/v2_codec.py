@@ -7,7 +7,6 @@ The routes that use it are in v2.py.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,16 @@ import pydantic_core
 from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from .tensors import DATATYPES, check_values, from_bytes, from_json, to_bytes, to_json
+from .errors import ServingError
+from .tensors import (
+    DATATYPES,
+    check_shape,
+    check_values,
+    from_bytes,
+    from_json,
+    to_bytes,
+    to_json,
+)
 from .validation import SCALARS, check_feeds
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -51,10 +59,8 @@ class InferResponse(BaseModel):
     outputs: list[Tensor]
 
 
-class V2Error(Exception):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+# V2's errors are the service's one error type; V2 and the native API share its body.
+V2Error = ServingError
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -71,16 +77,17 @@ def _data_type(kind: str, depth: int) -> TypeAdapter:
     return TypeAdapter(functools.reduce(lambda a, b: a | b, options))
 
 
-def _decode(t: Tensor, binary: memoryview | None, allow_nan: bool) -> np.ndarray:
+def _decode(
+    t: Tensor, binary: memoryview | None, allow_nan: bool, max_values: int, max_rank: int
+) -> np.ndarray:
     dtype = DATATYPES.get(t.datatype)
     if dtype is None:
         raise V2Error(
             f"input {t.name!r}: unknown datatype {t.datatype!r}; known: {list(DATATYPES)}"
         )
-    if any(d < 0 for d in t.shape):
-        raise V2Error(f"input {t.name!r}: shape {t.shape} has a negative dimension")
-    count = math.prod(t.shape)
     where = f"input {t.name!r}"
+    # Before anything is allocated for it (a shape of 65 dimensions or [0, 2**63] included).
+    count = check_shape(t.shape, where, max_values, max_rank)
     if binary is not None:
         values = from_bytes(binary, dtype, count, where)
         values = check_values(values, dtype, where, allow_nan)
@@ -124,7 +131,9 @@ def parse(body: bytes, header_length: str | None) -> tuple[InferRequest, memoryv
         ) from None
 
 
-def feeds_of(request: InferRequest, binary: memoryview, model: Any, max_values: int) -> Any:
+def feeds_of(
+    request: InferRequest, binary: memoryview, model: Any, max_values: int, max_rank: int = 16
+) -> Any:
     sig = model.signature
     given = [t.name for t in request.inputs]
     wanted = [s.name for s in sig.inputs]
@@ -141,7 +150,7 @@ def feeds_of(request: InferRequest, binary: memoryview, model: Any, max_values: 
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise V2Error(f"input {t.name!r}: binary_data_size {size} runs past the body")
             part, offset = binary[offset : offset + size], offset + size
-        arrays[t.name] = _decode(t, part, sig.allow_nan)
+        arrays[t.name] = _decode(t, part, sig.allow_nan, max_values, max_rank)
     if offset != len(binary):
         raise V2Error(f"{len(binary) - offset} byte(s) of binary data belong to no input")
     return check_feeds(sig, arrays, max_values)

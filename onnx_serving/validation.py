@@ -32,7 +32,6 @@ from pydantic import (
 )
 from starlette.responses import Response
 
-from . import metrics
 from .feeds import Feeds
 from .signature import Signature, TensorSpec
 from .tensors import InvalidInput, fit_shape, from_json, to_json
@@ -77,12 +76,30 @@ def check_feeds(sig: Signature, arrays: dict[str, np.ndarray], max_values: int) 
     fitted = {
         s.name: fit_shape(arrays[s.name], s, where.format(s.name), sig.batch) for s in sig.inputs
     }
-    feeds = Feeds(fitted)
-    if sig.batch != "none":
-        rows = {k: len(v) for k, v in fitted.items()}
-        if len(set(rows.values())) > 1:
-            raise InvalidInput(f"every input needs the same number of rows, got {rows}")
-    return feeds
+    if len(fitted) > 1:
+        if sig.batch != "none":
+            rows = {k: len(v) for k, v in fitted.items()}
+            if len(set(rows.values())) > 1:
+                raise InvalidInput(f"every input needs the same number of rows, got {rows}")
+        _check_shared_dimensions(sig, fitted)
+    return Feeds(fitted)
+
+
+def _check_shared_dimensions(sig: Signature, arrays: dict[str, np.ndarray]) -> None:
+    """Inputs whose shapes name the same symbolic dimension (`batch`, `seq`) must agree on it:
+    the model would fail on them (or broadcast them wrongly)."""
+    seen: dict[str, tuple[str, int]] = {}
+    for spec in sig.inputs:
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, str) and dim != "?":
+                size = arrays[spec.name].shape[axis]
+                first = seen.setdefault(dim, (spec.name, size))
+                if first[1] != size:
+                    raise InvalidInput(
+                        f"inputs {first[0]!r} and {spec.name!r} share the dimension {dim!r}, "
+                        f"but it is {first[1]} in one and {size} in the other",
+                        reason="shape",
+                    )
 
 
 class RequestBase(BaseModel):
@@ -105,14 +122,7 @@ class RequestBase(BaseModel):
         if fast is not None and not kwargs:
             with contextlib.suppress(ValidationError):
                 return cls.model_construct(feeds=fast.model_validate_json(json_data).feeds)
-        try:
-            return super().model_validate_json(json_data, **kwargs)
-        except ValidationError as exc:
-            for err in exc.errors(include_url=False, include_input=False)[:1]:
-                metrics.REJECTIONS.labels(
-                    reason=metrics.reason_of(f"{err['type']} {err['msg']}")
-                ).inc()
-            raise
+        return super().model_validate_json(json_data, **kwargs)
 
 
 # A body whose "x" starts with a nested list: `"x": [[`.

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from . import metrics
+from .errors import ServingError
 from .feeds import Feeds
-from .routing import Route, Router
+from .routing import Route, Router, RoutingError
 from .runner import LoadedModel, ModelRunner
 from .shadow import Shadow
 from .validation import responder
@@ -32,9 +33,13 @@ class Versions:
 
     def choose(self, headers: Any, client: str | None) -> tuple[LoadedModel, Route]:
         """The model for a request: `X-Model-Version`, else the canary by `X-Request-Key`
-        (or the client's address), else the default. RoutingError for an unknown version."""
+        (or the client's address), else the default. A 404 ServingError for an unknown
+        version."""
         key = headers.get(KEY_HEADER) or client or ""
-        route = self.router.pick(headers.get(VERSION_HEADER), key)
+        try:
+            route = self.router.pick(headers.get(VERSION_HEADER), key)
+        except RoutingError as exc:
+            raise ServingError(str(exc), 404, "version") from None
         return self.runner.models[route.tag], route
 
     def default(self) -> tuple[LoadedModel, Route]:
