@@ -85,7 +85,10 @@ class Settings(BaseSettings):
     # The largest tensor rank a request may send, and the most bytes a model's outputs may
     # take for one request (413 before running where the shapes are known, else after).
     max_rank: int = Field(16, ge=1, le=32)
-    max_output_bytes: int = Field(512 * MIB, gt=0)
+    max_output_bytes: int = Field(64 * MIB, gt=0)
+    # ONNX Runtime's memory for runs (outputs and intermediates), per worker: a run that needs
+    # more is refused with 413, and the arena never holds more (runner.session_options).
+    ort_arena_max_bytes: int = Field(2048 * MIB, ge=64 * MIB)
     # The longest CSV line /predict_file reads (the header included).
     max_csv_line_bytes: int = Field(1 * MIB, ge=1024)
     # Images: the most pixels a PNG or JPEG may have (decoded off the event loop).

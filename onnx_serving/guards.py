@@ -94,6 +94,8 @@ def _normalized(raw: bytes, status: int, rid: str | None) -> tuple[dict[str, Any
         data = {"error": raw.decode("utf-8", "replace").strip() or f"HTTP {status}"}
     if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
         data = data[0]  # BentoML sends its own 4xx errors as a one-element list
+    if isinstance(data, dict) and "error" not in data and (status < 500 or status == 503):
+        return data, f"HTTP {status}"  # an answer of its own (V2's {"ready": false}): kept
     if not isinstance(data, dict) or not isinstance(data.get("error"), str):
         data = {"error": f"HTTP {status}"}
     detail = data.get("detail")
@@ -156,7 +158,8 @@ class ErrorContract:
             _, body = errors.internal(exc, self._where(scope), self._headers(scope))
             if not sent:  # else too late to answer: the response was under way
                 outcome.request_id = json.loads(body)["request_id"]
-                await self._answer(scope, {"status": 500, "headers": []}, b"", outcome, send)
+                start = {"type": "http.response.start", "status": 500, "headers": []}
+                await self._answer(scope, start, b"", outcome, send)
         else:
             if held is not None:
                 await self._answer(scope, held, b"".join(chunks), outcome, send)

@@ -5,11 +5,12 @@ Headers: a request line and headers past HTTP_MAX_HEADER_BYTES in all, or more t
 HTTP_MAX_HEADERS of them, get `431` and the connection is closed as the limit is crossed:
 nothing past it is kept (uvicorn keeps every header it is sent).
 
-Slow clients hold nothing: a POST whose body (Content-Length up to 64 KiB, uvicorn's own
-read buffer) has not fully arrived is not admitted, and has no task, until it has; larger and
-chunked bodies are admitted when their headers arrive and must then keep arriving at
-HTTP_BODY_MIN_RATE bytes a second (measured over windows of RATE_WINDOW_S), as every body
-must, or the connection gets `408`.
+Slow clients hold no admission slot: a POST whose body (Content-Length up to 64 KiB, uvicorn's
+own read buffer) has not fully arrived has no task until it has, and is admitted (or refused)
+then; a larger or chunked body is admitted or refused when its headers arrive (so that a
+refused one is not read), streamed into the app, and takes its slot only once it is whole.
+Every body must keep arriving at HTTP_BODY_MIN_RATE bytes a second (measured over windows of
+RATE_WINDOW_S) or the connection gets `408`.
 
 Shedding: a POST that admission control (onnx_serving/admission.py) has no room for gets its
 503 right here, once its headers are parsed: no task is created and no middleware runs, so a
@@ -90,6 +91,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._overdue: Callable[[], None] = self._on_header_timeout
         self._header_bytes = 0
         self._deferred: tuple = ()  # (cycle, app) of a POST waiting for its whole body
+        self._receiving: list | None = None  # [cycle, state] of a large body being streamed
         self._rate_since: float | None = None  # the body's current rate window, and its bytes
         self._rate_bytes = 0
 
@@ -170,6 +172,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._rate_since = None
+        state, self._receiving = self._receiving, None
+        if state is not None and state[0] is self.cycle and state[1] == "receiving":
+            state[1] = "counted"  # its whole body is here: from now on it takes a slot
+            ADMISSION.receiving -= 1
+            ADMISSION.in_flight += 1
         if self._deferred and self._deferred[0] is self.cycle:
             # The whole body is here: now the request may take a slot (or be refused).
             cycle, app = self._deferred
@@ -214,8 +221,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # uvicorn's own _start_asgi_task (BentoML leaves reset_contextvars off), and the count.
         task = self.loop.create_task(cycle.run_asgi(app))
         task.add_done_callback(self.tasks.discard)
-        task.add_done_callback(ADMISSION.done)
         self.tasks.add(task)
+        if not cycle.more_body:
+            task.add_done_callback(ADMISSION.done)
+            return
+        # A large or chunked body, still arriving: the app streams it (to disk, for files),
+        # but it holds no slot until it is whole (on_message_complete counts it then).
+        ADMISSION.in_flight -= 1
+        ADMISSION.receiving += 1
+        state = self._receiving = [cycle, "receiving"]
+        task.add_done_callback(lambda _: _release(state))
 
     def _leave_deferred(self) -> None:
         if self._deferred:
@@ -290,6 +305,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             where = f"{cycle.scope['method']} {cycle.scope['path']}"
             self.transport.write(closing_response(408, reason, message, where))
         self.transport.close()  # connection_lost tells the app: http.disconnect
+
+
+def _release(state: list) -> None:
+    """A large-body request's task ended: give back what it held (a slot or its place)."""
+    if state[1] == "receiving":
+        ADMISSION.receiving -= 1
+    elif state[1] == "counted":
+        ADMISSION.done()
+    state[1] = "done"
 
 
 def _small_body(scope: dict) -> bool:

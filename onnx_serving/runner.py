@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,9 @@ logger = logging.getLogger("onnx_serving")
 # its trial run at load, so these are caused by the input (an index out of its table, shapes
 # that don't broadcast...) and answered 400 with the runtime's message, as Triton does.
 _INPUT_ERRORS = ("InvalidArgument", "Fail", "RuntimeException", "NotImplemented")
-_ALLOCATION = ("allocat", "bad_alloc", "out of memory")
+_ALLOCATION = ("allocat", "bad_alloc", "out of memory", "size overflowed")
+# The runtime's source position and C++ signature, and its error-code prefix: not the caller's.
+_NOISE = re.compile(r"/onnxruntime_src/\S+:\d+ [^\[]*?\)\s*|\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
 
 def model_error(exc: Exception, max_output_bytes: int) -> Exception:
@@ -46,7 +49,7 @@ def model_error(exc: Exception, max_output_bytes: int) -> Exception:
             reason="output_too_large",
         )
     if type(exc).__name__ in _INPUT_ERRORS:
-        text = text.split("Status Message: ", 1)[-1].removeprefix("[ONNXRuntimeError] : ")
+        text = _NOISE.sub("", text.split("Status Message: ", 1)[-1]).strip()
         return ServingError(
             f"the model could not run on this input: {text[:400]}", reason="model_rejected"
         )
@@ -59,7 +62,7 @@ class LoadedModel:
     session: ort.InferenceSession
     signature: Signature
     info: dict[str, Any]
-    max_output_bytes: int = 512 << 20
+    max_output_bytes: int = 64 << 20
     # Per output: its item size and dimensions (int, or (input, axis) whose size it takes);
     # None where a size is known only once the model has run.
     _output_plan: list | None = field(default=None, init=False, repr=False)
@@ -165,7 +168,34 @@ def session_options(settings: Settings | None = None) -> ort.SessionOptions:
     # Threads spin between calls by default; on a shared 2-core box that steals CPU from HTTP.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3  # errors only: optimizer notes are not the user's concern
+    if settings is not None:
+        # Serving: every run's memory (outputs, intermediates) comes from one arena per worker,
+        # capped at ORT_ARENA_MAX_BYTES: a run that would need more fails (413) instead of
+        # taking the machine's memory, and the arena never grows past it. The weights are
+        # allocated apart, so the cap is for requests alone. A failed run is the caller's:
+        # its 413 is the one log line (the runtime's own ERROR line is off).
+        _shared_arena(settings.ort_arena_max_bytes)
+        opts.add_session_config_entry("session.use_env_allocators", "1")
+        opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
+        opts.log_severity_level = 4
     return opts
+
+
+_ARENA: list[int] = []
+
+
+def _shared_arena(max_bytes: int) -> None:
+    """Register the process's capped CPU arena with ONNX Runtime (once per process)."""
+    import onnxruntime as ort
+
+    if _ARENA:
+        return
+    info = ort.OrtMemoryInfo(
+        "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+    )
+    # -1: ONNX Runtime's defaults for the extend strategy, first chunk and dead bytes.
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(max_bytes, -1, -1, -1))
+    _ARENA.append(max_bytes)
 
 
 def trial_run(model: LoadedModel) -> None:

@@ -54,7 +54,8 @@ def check_shape(shape: list[int], where: str, max_values: int, max_rank: int) ->
             raise InvalidInput(f"{where}: shape {shape} has a negative dimension", reason="shape")
         if d > max_values:
             raise InvalidInput(
-                f"{where}: dimension {d} is larger than MAX_VALUES={max_values}", reason="size"
+                f"too many values: {where} has a dimension of {d} > MAX_VALUES={max_values}",
+                reason="size",
             )
         count *= d
     if count > max_values:

@@ -7,7 +7,7 @@ The routes that use it are in v2.py.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import pydantic_core
@@ -24,7 +24,7 @@ from .tensors import (
     to_bytes,
     to_json,
 )
-from .validation import SCALARS, check_feeds
+from .validation import SCALARS, array_of, check_feeds
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -72,9 +72,9 @@ def _data_type(kind: str, depth: int) -> TypeAdapter:
     scalar = SCALARS.get(kind, str)
     nested, options = scalar, []
     for _ in range(max(depth, 1)):
-        nested = list[nested]
+        nested = array_of(nested)
         options.append(nested)
-    return TypeAdapter(functools.reduce(lambda a, b: a | b, options))
+    return TypeAdapter(Union[tuple(options)])  # noqa: UP007  (Annotated members: no `|`)
 
 
 def _decode(

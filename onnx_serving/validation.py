@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Union
 
 import numpy as np
 from pydantic import (
@@ -42,17 +42,24 @@ SCALARS: dict[str, Any] = {"f": StrictFloat, "i": StrictInt, "u": StrictInt, "b"
 JSON_TYPES = {"f": "number", "i": "integer", "u": "integer", "b": "boolean", "O": "string"}
 
 
+def array_of(item: Any) -> Any:
+    """A JSON list of `item` that stops at its first wrong value: pydantic would otherwise
+    make an error (and its message) for each of a million wrong values."""
+    return Annotated[list[item], Field(fail_fast=True)]
+
+
 def json_type(spec: TensorSpec, shape: str = "any") -> Any:
     """The pydantic type of one input's JSON: nested lists as deep as its rank; for rank 1 or
     2 also a flat list or rows of one value. `shape` "nested" or "flat" picks one of them."""
     scalar = SCALARS.get(spec.dtype.kind, StrictStr)
     if shape == "flat" or (shape == "nested" and spec.rank <= 1):
-        return list[scalar]
+        return array_of(scalar)
     if spec.rank <= 2:
-        return list[list[scalar]] if shape == "nested" else list[scalar] | list[list[scalar]]
+        rows = array_of(array_of(scalar))
+        return rows if shape == "nested" else Union[array_of(scalar), rows]  # noqa: UP007
     nested = scalar
     for _ in range(spec.rank):
-        nested = list[nested]
+        nested = array_of(nested)
     return nested
 
 

@@ -6,6 +6,8 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from onnx_serving.local_server import ServerProcess, free_port
 
 # Image fixtures (docker_engine, built_image, image_url) and the exporters' models
 # (fixture_home, fixture_servers) live beside this file.
-pytest_plugins = ["image_support", "fixture_models", "version_models", "manifests"]
+pytest_plugins = ["image_support", "fixture_models", "version_models", "manifests", "token_models"]
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -55,6 +57,36 @@ class BentoServer(ServerProcess):
         cmd += ["--host", "127.0.0.1", "--port", str(port)]
         env = {"BENTOML_HOME": str(own_home), "BENTOML_DO_NOT_TRACK": "true", **env}
         super().__init__("bentoml serve", cmd, port, env, log, ROOT)
+
+
+MIB = 1 << 20
+
+
+class PeakRss:
+    """The workers' largest resident memory while the block runs, sampled every 2 ms."""
+
+    def __init__(self, server: BentoServer) -> None:
+        self.procs = server.workers()
+        self.before = sum(p.memory_info().rss for p in self.procs)
+        self.peak, self._stop = self.before, threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, sum(p.memory_info().rss for p in self.procs))
+            time.sleep(0.002)
+
+    def __enter__(self) -> PeakRss:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak - self.before) / MIB
 
 
 @contextlib.contextmanager

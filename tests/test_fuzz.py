@@ -199,6 +199,60 @@ def test_malformed_v2_requests_get_4xx(
         assert_4xx_with_reason(r)
 
 
+# Shapes and parameters as a client may choose them: any rank, huge or negative dimensions,
+# nested parameters; the service bounds them before it allocates anything.
+HUGE_SHAPES = st.lists(
+    st.one_of(st.integers(-3, 4), st.sampled_from([2**31, 2**53, 2**63, 2**64])), max_size=70
+)
+PARAMETERS = st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=4)
+
+
+@given(HUGE_SHAPES, PARAMETERS, PARAMETERS, st.booleans())
+def test_v2_shapes_and_parameters_get_4xx(
+    http: httpx.Client, shape: list, params: dict, tensor_params: dict, binary: bool
+) -> None:
+    tensor: dict = {"name": "x", "shape": shape, "datatype": "FP32", "parameters": tensor_params}
+    if binary:
+        tensor["parameters"] = {**tensor_params, "binary_data_size": 4}
+    else:
+        tensor["data"] = [1.0]
+    head = json.dumps({"inputs": [tensor], "parameters": params}, allow_nan=True).encode()
+    headers = {"Inference-Header-Content-Length": str(len(head))} if binary else JSON
+    body = head + (b"\0\0\0\0" if binary else b"")
+    r = http.post("/v2/models/linear-2x/infer", content=body, headers=headers)
+    if r.status_code != 200:
+        assert_4xx_with_reason(r)
+
+
+@given(
+    st.text(max_size=400),
+    st.sampled_from([b"x\n1\n", b"\x93NUMPY junk", b""]),
+)
+def test_any_multipart_filename_gets_an_answer(
+    http: httpx.Client, name: str, content: bytes
+) -> None:
+    r = http.post("/predict_file", files={"file": (name, content, "application/octet-stream")})
+    if r.status_code != 200:
+        assert_4xx_with_reason(r)
+
+
+QUOTED = st.lists(
+    st.text(alphabet=st.sampled_from('ab,"\r\n 1.5'), max_size=12).map(
+        lambda t: '"' + t.replace('"', '""') + '"'
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@given(st.lists(QUOTED, min_size=1, max_size=5))
+def test_csv_quoting_gets_an_answer(http: httpx.Client, rows: list) -> None:
+    content = "note,x\n" + "".join(f"{row[0]},1.5\n" for row in rows)
+    r = http.post("/predict_file", files={"file": ("q.csv", content.encode(), "text/csv")})
+    if r.status_code != 200:
+        assert_4xx_with_reason(r)
+
+
 # --- schemathesis: the OpenAPI document, for the demo and for a model of every type -------
 
 CHECKS = [

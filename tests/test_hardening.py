@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ROOT, BentoServer, running
+from conftest import ROOT, BentoServer, PeakRss, running
 
 MIB = 1 << 20
 FILE_LIMIT = 4 * MIB
@@ -54,33 +53,6 @@ def post(
         conn.close()
 
 
-class PeakRss:
-    """The workers' largest resident memory while the block runs, sampled every 2 ms."""
-
-    def __init__(self, server: BentoServer) -> None:
-        self.procs = server.workers()
-        self.before = sum(p.memory_info().rss for p in self.procs)
-        self.peak, self._stop = self.before, threading.Event()
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, sum(p.memory_info().rss for p in self.procs))
-            time.sleep(0.002)
-
-    def __enter__(self) -> PeakRss:
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def growth_mb(self) -> float:
-        return (self.peak - self.before) / MIB
-
-
 def json_limit(server: BentoServer) -> int:
     # The default the server derived from MAX_VALUES=1,000,000 (onnx_serving/config.py).
     return 26 * 1_000_000 + MIB
@@ -90,7 +62,8 @@ def json_limit(server: BentoServer) -> int:
 def test_a_300_mb_json_body_is_refused_at_once_in_bounded_memory(
     limited: BentoServer, chunked: bool
 ) -> None:
-    body = b'{"x": [' + b"1.5, " * 60_000_000 + b"1.5]}"
+    # Long numbers, so that the byte limit is met before the count of values (BodyBudget).
+    body = b'{"x": [' + b"1.500000000000000000000001, " * 11_000_000 + b"1.5]}"
     parts = (body[i : i + MIB] for i in range(0, len(body), MIB)) if chunked else body
     with PeakRss(limited) as rss:
         status, answer, seconds = post(limited, "/predict", parts, "application/json")

@@ -164,7 +164,7 @@ def test_other_models_write_what_predict_file_writes(
     session = ort.InferenceSession(model.path, session_options())
     run = LoadedModel(model.tag, session, sig, {}).run
     (tmp_path / "svc").mkdir()
-    want = predict_file(src, tmp_path / "svc", sig, run, 1000).read_bytes()
+    want = predict_file(src, tmp_path / "svc", sig, run, 1000)[0].read_bytes()
     assert part_files(tmp_path / "out") == want
 
 

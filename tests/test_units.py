@@ -125,7 +125,7 @@ def write(tmp_path: Path, name: str, content: bytes) -> Path:
 def test_csv_keeps_columns_and_order_across_chunks(tmp_path: Path) -> None:
     rows = [f"id{i},{i * 0.5},tag{i}" for i in range(10)]
     src = write(tmp_path, "in.csv", ("id,x,note\n" + "\n".join(rows) + "\n").encode())
-    out = predict_file(src, tmp_path, DEMO, double, chunk_rows=3)
+    out, _ = predict_file(src, tmp_path, DEMO, double, chunk_rows=3)
     lines = out.read_text().splitlines()
     assert lines[0] == "id,x,note,y"
     assert lines[1:] == [f"{r},{i:g}" for i, r in enumerate(rows)]
@@ -134,14 +134,14 @@ def test_csv_keeps_columns_and_order_across_chunks(tmp_path: Path) -> None:
 def test_csv_predictions_read_back_as_the_same_float32(tmp_path: Path) -> None:
     x = np.random.default_rng(3).uniform(-1e6, 1e6, size=2000).astype(np.float32)
     src = write(tmp_path, "in.csv", ("x\n" + "\n".join(map(repr, x.tolist())) + "\n").encode())
-    out = predict_file(src, tmp_path, DEMO, double, chunk_rows=500)
+    out, _ = predict_file(src, tmp_path, DEMO, double, chunk_rows=500)
     y = np.array([float(line.split(",")[1]) for line in out.read_text().splitlines()[1:]])
     np.testing.assert_array_equal(y.astype(np.float32), 2 * x)
 
 
 def test_csv_with_quotes_crlf_bom_and_blank_lines(tmp_path: Path) -> None:
     content = '\ufeffname,x\r\n"Smith, J",1.5\r\n\r\n"O""Neil",2\r\n'.encode()
-    out = predict_file(write(tmp_path, "q.csv", content), tmp_path, DEMO, double, chunk_rows=2)
+    out, _ = predict_file(write(tmp_path, "q.csv", content), tmp_path, DEMO, double, chunk_rows=2)
     assert out.read_text().splitlines() == ["name,x,y", '"Smith, J",1.5,3', '"O""Neil",2,4']
 
 
@@ -169,7 +169,7 @@ def test_npy_round_trip(tmp_path: Path, shape: tuple[int, ...]) -> None:
     x = np.arange(7, dtype=np.float64).reshape(shape) / 4
     src = tmp_path / "in.npy"
     np.save(src, x)
-    out = predict_file(src, tmp_path, DEMO, double, chunk_rows=3)
+    out, _ = predict_file(src, tmp_path, DEMO, double, chunk_rows=3)
     y = np.load(out)
     assert y.dtype == np.float32 and y.shape == (7,)
     np.testing.assert_array_equal(y, 2 * x.reshape(-1).astype(np.float32))
