@@ -11,7 +11,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 # BentoML would otherwise ask a remote service about usage tracking.
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: venv model serve test lint image run-image load-test load-test-image bench bench-batch bench-sweep bench-models fixtures fuzz soak lock lock-upgrade lock-check sbom sbom-lock audit clean
+.PHONY: venv model serve test lint image run-image load-test load-test-image bench bench-batch bench-memory bench-sweep bench-models fixtures fuzz soak lock lock-upgrade lock-check sbom sbom-lock audit clean
 
 venv: $(VENV)/.installed
 
@@ -103,6 +103,10 @@ bench: model
 bench-batch: model
 	bash scripts/java.sh
 	$(BIN)/python -m benchmarks.batch_scale
+
+# What one request can cost in memory: the worst body each route takes, RSS per body byte.
+bench-memory: model
+	$(BIN)/python -m benchmarks.memory
 
 # Adaptive batching's max_batch_size x max_latency_ms against the bench models (README, Performance).
 bench-sweep: model

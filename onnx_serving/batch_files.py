@@ -75,16 +75,32 @@ class FileRequest(IODescriptor):
         # Starlette reports a malformed multipart body as an HTTPException(400) (or a
         # MultiPartException), which BentoML 1.4.39 answers with a 500: make it the 400
         # validation error it is.
+        from starlette.datastructures import UploadFile
         from starlette.exceptions import HTTPException
         from starlette.formparsers import MultiPartException
 
         try:
+            # A form field without a filename is a string, which BentoML's file decoding
+            # takes for a URL and downloads, whole, into memory (_bentoml_impl/serde.py,
+            # ensure_file): only uploads are taken. (Starlette keeps the parsed form, so
+            # BentoML's own `request.form()` reads this one.)
+            form = await request.form()
+            if any(not isinstance(v, UploadFile) for v in form.getlist("file")):
+                raise _invalid(
+                    "file must be an uploaded file (a part with a filename); URLs and plain "
+                    "fields are not taken"
+                )
             return await super().from_http_request(request, serde)
         except (MultiPartException, HTTPException) as exc:
             reason = getattr(exc, "detail", None) or getattr(exc, "message", str(exc))
-            error = {"type": "value_error", "loc": ("file",), "input": None}
-            error["ctx"] = {"error": ValueError(f"not a readable multipart body: {reason}")}
-            raise ValidationError.from_exception_data(cls.__name__, [error]) from None
+            raise _invalid(f"not a readable multipart body: {reason}") from None
+
+
+def _invalid(message: str) -> ValidationError:
+    """A 400 from BentoML's validation handling, for the file field."""
+    error = {"type": "value_error", "loc": ("file",), "input": None}
+    error["ctx"] = {"error": ValueError(message)}
+    return ValidationError.from_exception_data("FileRequest", [error])
 
 
 def predict_file(

@@ -331,10 +331,18 @@ def test_a_csv_line_of_millions_of_cells_is_refused_in_bounded_memory(
         ("q.csv", b'x,note\n1,"two\nlines"\n2,b\n', 400, "a quoted field holds a line break"),
         ("r.csv", b"x\n1\n2,3,4\n", 400, "has 3 fields, the header has 1"),
         ("h.csv", b",".join(b"c%d" % i for i in range(1000)) + b"\n1\n", 400, "and 980 more"),
+        ("", b"http://127.0.0.1:9/never-fetched", 400, "URLs and plain fields are not taken"),
         ("n" * 300 + ".npy", None, 200, ""),
         ("n" * 300 + ".csv", b"x\n1\n", 200, ""),
     ],
-    ids=["quoted-newline", "ragged", "1000-columns", "300-char-npy-name", "300-char-csv-name"],
+    ids=[
+        "quoted-newline",
+        "ragged",
+        "1000-columns",
+        "a-url-not-a-file",
+        "300-char-npy-name",
+        "300-char-csv-name",
+    ],
 )
 def test_file_neighbours(
     default: BentoServer, name: str, content: bytes | None, status: int, message: str
