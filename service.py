@@ -28,7 +28,7 @@ from onnx_serving import (
     http_protocol,
     model_store,
 )
-from onnx_serving.config import SettingsError, settings
+from onnx_serving.config import settings
 from onnx_serving.drain import DRAINER, DrainMiddleware
 from onnx_serving.errors import ServingError
 from onnx_serving.feeds import BatchPredictions, Feeds
@@ -50,7 +50,7 @@ from onnx_serving.validation import request_model, response_model
 
 with bentoml.importing():
     from anyio import to_thread
-    from bentoml._internal.context import server_context
+    from bentoml._internal.context import request_temp_dir, server_context
 
     from onnx_serving.batch_files import FileRequest, predict_file
     from onnx_serving.runner import ModelRunner
@@ -78,7 +78,6 @@ try:
         for stored in STORED:
             ModelRunner(SETTINGS).load(stored, SIGNATURE)
 except (
-    SettingsError,
     model_store.ModelNotFound,
     model_store.ModelIntegrityError,
     InvalidModel,
@@ -191,7 +190,7 @@ class OnnxModelService:
             model, route = self.versions.choose(ctx.request.headers, client_of(ctx.request))
             result, rows = predict_file(
                 file,
-                file.parent,
+                Path(request_temp_dir()),
                 SIGNATURE,
                 model.run,
                 SETTINGS.file_chunk_rows,

@@ -50,7 +50,7 @@ def peak_growth(worker: psutil.Process, send: Callable[[], httpx.Response]) -> t
     return (peak - before) / MIB, status
 
 
-def json_cases() -> list[tuple[str, bytes, Send | None]]:
+def json_cases() -> list[tuple[str, bytes, Send]]:
     rng = np.random.default_rng(0)
     values = (rng.uniform(-1, 1, 1_000_000) * 1e-5).astype(np.float32).astype(np.float64)
     flat = json.dumps({"x": values.tolist()}).encode()
@@ -103,7 +103,7 @@ def json_cases() -> list[tuple[str, bytes, Send | None]]:
     ]
 
 
-def file_cases(tmp: Path) -> list[tuple[str, bytes, Send | None]]:
+def file_cases(tmp: Path) -> list[tuple[str, bytes, Send]]:
     csv = b"x\n" + b"-0.00000123456789\n" * 10_000_000
     wide = b"x," + b",".join(b"c%d" % i for i in range(100_000)) + b"\n"
     wide += (b"1," + b",".join([b"1"] * 100_000) + b"\n") * 200
@@ -145,22 +145,39 @@ def image_case(home: Path) -> tuple[str, bytes, Send, dict[str, str]] | None:
     return "/predict_image, 50 MP PNG", png, send, {"MODEL_NAME": "cnn", "BENTOML_HOME": str(home)}
 
 
+def warm(url: str) -> None:
+    """Small requests to every route: what the first request of a kind loads, loaded."""
+    httpx.post(url + "/predict", json={"x": [1.0]})
+    v2 = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
+    httpx.post(url + "/v2/models/linear-2x/infer", json=v2)
+    octet = {"Content-Type": "application/octet-stream"}
+    httpx.post(url + "/predict_binary", content=b"\0\0\0\0", headers=octet)
+    httpx.post(url + "/predict_file", files={"file": ("a.csv", b"x\n1\n")})
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(png, "PNG")
+    httpx.post(url + "/predict_image", files={"file": ("a.png", png.getvalue())})
+
+
 def measure(name: str, env: dict[str, str], cases: list, tmp: Path) -> list[str]:
-    server = start_bentoml(name, tmp, ALL_CPUS, {"WORKERS": "1", **env})
+    """Each case on a fresh one-worker server, warmed up with small requests: the growth is
+    what the case itself costs, not what an earlier one left in the allocator's pools."""
     lines = []
-    try:
-        (worker,) = [p for p in server.tree() if "_bentoml_impl.worker" in " ".join(p.cmdline())]
-        for label, body, send in cases:
-            if send is None:
-                continue
-            send(server.url)  # warm-up: what the first request of a kind allocates for good
-            growth, status = peak_growth(worker, lambda send=send: send(server.url))
-            per_byte = growth * MIB / len(body)
-            lines.append(
-                f"| {label} | {len(body) / MIB:,.1f} | {status} | {growth:,.0f} | {per_byte:.1f} |"
-            )
-    finally:
-        server.stop()
+    for label, body, send in cases:
+        server = start_bentoml(name, tmp, ALL_CPUS, {"WORKERS": "1", **env})
+        try:
+            (worker,) = [
+                p for p in server.tree() if "_bentoml_impl.worker" in " ".join(p.cmdline())
+            ]
+            warm(server.url)
+            growth, status = peak_growth(worker, lambda s=send, u=server.url: s(u))
+        finally:
+            server.stop()
+        per_byte = growth * MIB / len(body)
+        lines.append(
+            f"| {label} | {len(body) / MIB:,.1f} | {status} | {growth:,.0f} | {per_byte:.1f} |"
+        )
     return lines
 
 
@@ -169,8 +186,9 @@ def main() -> int:
         tmp = Path(d)
         print("| request | body MB | status | worker RSS growth MB | bytes per body byte |")
         print("|---|---|---|---|---|")
-        for line in measure("memory-demo", {}, json_cases() + file_cases(tmp), tmp):
-            print(line, flush=True)
+        for case in json_cases() + file_cases(tmp):
+            for line in measure("memory-demo", {}, [case], tmp):
+                print(line, flush=True)
         image = image_case(tmp / "home")
         if image is not None:
             label, body, send, env = image

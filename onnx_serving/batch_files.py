@@ -13,8 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import shutil
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -45,24 +43,23 @@ FLOAT_FORMATS = {np.dtype(np.float16): b"%.5g", np.dtype(np.float32): b"%.9g"}
 
 
 def spool_upload(value: Any, handler: Callable[[Any], Path]) -> Path:
-    """Pydantic wrap-validator for file fields: copy an upload to disk in blocks.
+    """Pydantic wrap-validator for file fields: the upload, read where it already is.
 
     BentoML's own file decoding reads the whole upload into memory first; for a
-    10-million-row file that is hundreds of MB. Starlette has already spooled the
-    upload to a temporary file, so copy it across in 1 MiB blocks instead.
+    10-million-row file that is hundreds of MB. Starlette's multipart parser has already
+    written the upload to a temporary file (kept in memory up to 1 MiB): make sure it is on
+    disk, and hand on that file itself (its descriptor's path), so the upload touches the
+    disk once. It is closed, and so gone, when the request ends.
     """
-    from bentoml._internal.context import request_temp_dir
     from starlette.datastructures import UploadFile
 
     if not isinstance(value, UploadFile):
         return handler(value)
-    # The client's filename only lends its suffix, and only a short plain one.
-    suffix = Path(value.filename or "upload").suffix.lower()
-    suffix = suffix if suffix in (".csv", ".npy", ".txt") else ""
-    with tempfile.NamedTemporaryFile(suffix=suffix, dir=request_temp_dir(), delete=False) as out:
-        value.file.seek(0)
-        shutil.copyfileobj(value.file, out, 1 << 20)
-    return Path(out.name)
+    spooled = value.file
+    if hasattr(spooled, "rollover"):  # a SpooledTemporaryFile: to disk, if not there yet
+        spooled.rollover()
+    spooled.flush()
+    return Path(f"/proc/self/fd/{spooled.fileno()}")
 
 
 class FileRequest(IODescriptor):

@@ -146,8 +146,10 @@ def _secret(value: SecretStr | None) -> str:
     return value.get_secret_value() if value else ""
 
 
-class SettingsError(ValueError):
-    """A setting the service can't start with; the message names the variable."""
+class SettingsError(SystemExit):
+    """A setting the service can't start with: the process stops with one line naming the
+    variable, not a traceback (settings are read as the service's modules load, before any
+    handler of ours could catch it)."""
 
 
 @functools.cache
@@ -160,4 +162,4 @@ def settings() -> Settings:
         for err in exc.errors(include_url=False):
             name = str(err["loc"][0]).upper() if err["loc"] else "settings"
             problems.append(f"{name}: {err['msg']}")
-        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+        raise SettingsError("error: invalid settings: " + "; ".join(problems)) from None

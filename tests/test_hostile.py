@@ -11,18 +11,22 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import resource
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from conftest import MIB, BentoServer, PeakRss, running
+from conftest import MIB, ROOT, BentoServer, PeakRss, running
 
 JSON = {"Content-Type": "application/json"}
 # The memory bounds the issue sets per case, in MB of the workers' RSS growth.
@@ -562,3 +566,77 @@ def test_every_readiness_answer_follows_the_drain(model_home: Path, tmp_path: Pa
         model = httpx.get(f"{server.url}/v2/models/linear-2x/ready")
         assert model.status_code == 503
         assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
+
+
+# --- images -----------------------------------------------------------------------------------
+
+
+def huge_png(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (width, height)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def huge_jpeg(width: int, height: int) -> bytes:
+    """A small JPEG whose header says `width` x `height` (what a decoder would allocate)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (0, 128, 0)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("make", "size"),
+    [(huge_png, (7746, 7746)), (huge_jpeg, (9950, 9950)), (huge_jpeg, (7072, 7071))],
+    ids=["60MP-png", "99MP-jpeg", "50.01MP-jpeg"],
+)
+def test_images_past_the_pixel_limit_are_refused_before_decoding(
+    fixture_servers: dict[str, str], make: Any, size: tuple[int, int]
+) -> None:
+    url = fixture_servers["torch_cnn"]  # an image model, default settings
+    content = make(*size)
+    r = httpx.post(f"{url}/predict_image", files={"file": ("a.img", content)}, timeout=30)
+    assert r.status_code == 413, r.text[:300]
+    assert (
+        f"{size[0]}x{size[1]}" in r.json()["error"]
+        and "MAX_IMAGE_PIXELS=50,000,000" in r.json()["error"]
+    )
+
+
+# --- start-up ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MODEL_NAME": "nope"}, "nope:latest is not in the model store"),
+        ({"ROUTING_FILE": "routing.yaml"}, "default 'v9' is not served"),
+        ({"MAX_RANK": "99"}, "MAX_RANK: Input should be less than or equal to 32"),
+    ],
+    ids=["no-such-model", "routing-names-an-unknown-version", "bad-setting"],
+)
+def test_known_start_up_failures_are_one_line(
+    model_home: Path, tmp_path: Path, env: dict, message: str
+) -> None:
+    (tmp_path / "routing.yaml").write_text("default: v9\n")
+    if "ROUTING_FILE" in env:
+        env = {**env, "ROUTING_FILE": str(tmp_path / "routing.yaml")}
+    bentoml = Path(sys.executable).parent / "bentoml"
+    result = subprocess.run(
+        [str(bentoml), "serve", "service:OnnxModelService", "--port", "1"],
+        cwd=ROOT,
+        env={**os.environ, "BENTOML_HOME": str(model_home), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output, output[-2000:]
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], output[-2000:]
