@@ -15,6 +15,7 @@ Data flows one way: HTTP body -> validation (onnx_serving.validation, .tensors, 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from onnx_serving import (
 from onnx_serving.config import settings
 from onnx_serving.drain import DRAINER, DrainMiddleware
 from onnx_serving.errors import ServingError
-from onnx_serving.feeds import BatchPredictions, Feeds
+from onnx_serving.feeds import BatchPredictions, BatchRefusal, Feeds
 from onnx_serving.guards import (
     ApiKeyGuard,
     BatchingRefusal,
@@ -159,20 +160,23 @@ class OnnxModelService:
         input_spec=BatchedRequest,
         output_spec=PredictResponse,
     )
-    async def predict_batched(self, feeds: Feeds) -> BatchPredictions:
+    async def predict_batched(self, feeds: Feeds) -> BatchPredictions | BatchRefusal:
         """The same contract as /predict, served through BentoML's adaptive batching, by the
         default version (a batch is one call of one version).
 
         Requests that arrive together are stacked along rows, run once, and handed back
         a slice each, so every caller gets exactly its own rows.
         """
-        # A batch the model can't run fails every request in it (a 400 with the model's
-        # reason): what the checks before batching can't see is rare; /predict runs alone.
         model, route = self.versions.default()
-        if BATCHING["in_thread"]:  # a model call of milliseconds: see batching.resolve
-            outputs = await to_thread.run_sync(model.run, feeds)
-        else:
-            outputs = model.run(feeds)
+        try:
+            if BATCHING["in_thread"]:  # a model call of milliseconds: see batching.resolve
+                outputs = await to_thread.run_sync(model.run, feeds)
+            else:
+                outputs = model.run(feeds)
+        except ServingError as exc:
+            # The model could not run the batch (what the checks before batching can't
+            # see): each request in it gets the model's 4xx; /predict runs a request alone.
+            return BatchRefusal(functools.partial(error_response, exc))
         self.versions.copy_to_shadow(route, feeds, outputs)
         respond = self.versions.respond[route.tag]
 

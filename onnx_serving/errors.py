@@ -30,6 +30,8 @@ REASONS = frozenset(
 )  # fmt: skip
 
 _GUESSES = [
+    ("output_too_large", r"MAX_OUTPUT_BYTES"),
+    ("model_rejected", r"could not run on this input"),
     ("size", r"too many (values|rows|cells)|larger than|too long"),
     ("range", r"not a finite|out of range"),
     ("shape", r"ragged|dimension|shape|feature|empty|same number of rows|static batch|rank"),

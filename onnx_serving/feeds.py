@@ -80,3 +80,14 @@ class BatchPredictions:
 
     def __getitem__(self, rows: slice) -> Any:
         return self.respond({k: v[rows] for k, v in self.outputs.items()})
+
+
+class BatchRefusal:
+    """A batch the model could not run: each of its requests gets the same refusal (a fresh
+    response each, from `answer`), as BentoML hands out `result[start:stop]`."""
+
+    def __init__(self, answer: Callable[[], Any]) -> None:
+        self.answer = answer
+
+    def __getitem__(self, rows: slice) -> Any:
+        return self.answer()

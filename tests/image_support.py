@@ -13,6 +13,7 @@ module shares one build and one running container:
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import statistics
@@ -84,7 +85,20 @@ class Container:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> Container:
-        """docker run, then wait for /readyz 200; ready_seconds is the cold start."""
+        """docker run, then wait for /readyz 200; ready_seconds is the cold start.
+
+        A free port can be taken between its choice and the container's bind (by the ZeroMQ
+        sockets BentoML's supervisor opens on loopback, say): then what answers is not HTTP,
+        or the container exits with "address already in use", and the run is tried again on
+        another port."""
+        for _ in range(3):
+            if self._run(timeout):
+                return self
+            self.remove()
+            self.port = free_port()
+        raise RuntimeError(f"{self.name} could not take a free port three times")
+
+    def _run(self, timeout: float) -> bool:
         started = time.monotonic()
         docker(
             "run", "-d", "--name", self.name, "--network", "host", *self.run_args,
@@ -92,10 +106,15 @@ class Container:
             self.image, "serve", "--port", str(self.port),
         )  # fmt: skip
         while time.monotonic() - started < timeout:
-            if is_ready(self.url):
-                self.ready_seconds = time.monotonic() - started
-                return self
+            try:
+                if is_ready(self.url):
+                    self.ready_seconds = time.monotonic() - started
+                    return True
+            except http.client.HTTPException:  # another program owns the port
+                return False
             if self.state()["Status"] == "exited":
+                if "address already in use" in self.logs().lower():
+                    return False
                 break
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} not ready on {self.url}:\n{self.logs()}")

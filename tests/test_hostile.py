@@ -450,9 +450,10 @@ def test_out_of_vocabulary_ids_are_a_400_with_the_runtime_s_reason(tokens: dict)
     url = tokens["token-embedding"].url
     ok = httpx.post(f"{url}/predict", json={"x": [[1, 2, 999]]})
     assert ok.status_code == 200 and len(ok.json()["y"][0]) == 8
-    r = httpx.post(f"{url}/predict", json={"x": [[1, 2, 5000]]})
-    assert r.status_code == 400 and "the model could not run on this input" in r.json()["error"]
-    assert "5000" in r.json()["error"]  # the runtime's own words: which index, which range
+    for route in ("/predict", "/predict_batched"):
+        r = httpx.post(f"{url}{route}", json={"x": [[1, 2, 5000]]})
+        assert r.status_code == 400 and "the model could not run on this input" in r.text
+        assert "5000" in r.json()["error"]  # the runtime's own words: which index, which range
     ids = {"name": "input_ids", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 5000]}
     v2 = {"inputs": [ids]}
     r = httpx.post(f"{url}/v2/models/token-embedding/infer", json=v2)
