@@ -4,6 +4,8 @@
     python train_and_save.py --onnx my.onnx --name my-model
     python train_and_save.py --onnx clf.onnx --name clf --labels classes.txt
     python train_and_save.py --if-missing         # the demo model, only if the store has none
+    python train_and_save.py optimize TAG --int8  # an optimized variant of a stored model
+                                                  # (see: train_and_save.py optimize --help)
 
 Models are saved in the project's store (./.bentoml), the one `make serve` and the image
 use, unless BENTOML_HOME names another.
@@ -306,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
             labels = {"origin": "train_and_save", "task": "regression", **labels}
-        tag = model_store.save(onnx_bytes, args.name, args.version, labels, metadata, options)
+        tag, note = model_store.save(onnx_bytes, args.name, args.version, labels, metadata, options)
+        if note != "saved":
+            print(note, file=sys.stderr)
     except (model_store.InvalidModel, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -85,12 +85,23 @@ class Client:
         self.retry = retry
         self.stopped = threading.Event()  # the run is over: chunks in flight give up
 
-    def call(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
-        """One request, retried on connection errors and 429/502/503/504 with backoff."""
+    def call(
+        self, method: str, path: str, what: str, first: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """One request, retried on connection errors and 429/502/503/504 with backoff. The
+        `first` request of a run fails at once when nothing listens at the URL: a wrong
+        --url is said in seconds, not after minutes of retries."""
         for attempt in itertools.count():
             hint = None
             try:
                 r = self.http.request(method, path, **kwargs)
+            except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
+                if first:
+                    raise BatchError(
+                        f"nothing answers at {self.http.base_url} ({exc}): start the server "
+                        "(make serve) or check --url"
+                    ) from None
+                reason = f"{type(exc).__name__}: {exc}"
             except httpx.TransportError as exc:  # refused, reset, timed out: the server is away
                 reason = f"{type(exc).__name__}: {exc}"
             else:
@@ -163,7 +174,7 @@ def predict_file(
 ) -> int:
     """Send every row of `src` through the service at `url`; write `dest`; return the rows."""
     client = Client(url, retry or Retry(), timeout_s, api_key)
-    meta = client.call("GET", "/metadata", "GET /metadata").json()
+    meta = client.call("GET", "/metadata", "GET /metadata", first=True).json()
     tag, sig = meta["tag"], Signature.from_metadata(meta["signature"])
     part, state_path = dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".part.json")
     ident = identity(src, chunk_rows, tag)

@@ -47,7 +47,7 @@ ROUTES: dict[str, Route] = {
         *(Route(p, GET, auth=False) for p in ("/livez", "/readyz", "/healthz", "/metrics")),
         *(Route(p, GET, auth=False) for p in ("/v2/health/live", "/v2/health/ready")),
         # ...and the API document, so the Swagger UI loads (it can't call anything without a key).
-        *(Route(p, GET, auth=False) for p in ("/", "/docs.json")),
+        *(Route(p, GET, auth=False) for p in ("/", "/docs", "/docs.json")),
     )
 }
 V2_MODEL = Route("/v2/models/{name}", GET)

@@ -222,6 +222,12 @@ def _image(inputs: tuple[TensorSpec, ...], options: ImportOptions) -> ImageRecip
     else:
         return None
     if options.image_size is not None:
+        if is_static(h) and is_static(w) and (h, w) != options.image_size:
+            raise InvalidModel(
+                f"--image-size {options.image_size[0]},{options.image_size[1]}: input "
+                f"{inputs[0].name!r} takes {h}x{w} images only ({list(inputs[0].shape)}); "
+                "leave --image-size out"
+            )
         h, w = options.image_size
     if not (is_static(h) and is_static(w)):
         raise InvalidModel(
@@ -239,6 +245,31 @@ def _image(inputs: tuple[TensorSpec, ...], options: ImportOptions) -> ImageRecip
     )
 
 
+def _labels(
+    labels: tuple[str, ...], own: tuple[int | str, ...], outputs: tuple[TensorSpec, ...]
+) -> tuple[int | str, ...]:
+    """The class labels: --labels, held to the number of classes the model scores (its own
+    classes, else the width of its score output), or the classes the graph carries."""
+    if not labels:
+        return own
+    if own:
+        count, where = len(own), f"its own classes {list(own)[:10]}"
+    else:
+        widths = [o for o in outputs if o.dtype.kind == "f" and o.rank >= 2 and o.width]
+        if not widths:
+            raise InvalidModel(
+                "--labels: the model has no output of class scores with a static width "
+                f"(outputs: {[(o.name, list(o.shape)) for o in outputs]})"
+            )
+        count, where = widths[0].width, f"output {widths[0].name!r} {list(widths[0].shape)}"
+    if len(labels) != count:
+        raise InvalidModel(
+            f"--labels lists {len(labels)} label(s), the model scores {count} classes "
+            f"({where}): one label per class, in order"
+        )
+    return labels
+
+
 def read_signature(proto: Any, session: Any, options: ImportOptions) -> Signature:
     """The signature of a loaded model (onnx ModelProto and its ONNX Runtime session).
 
@@ -250,7 +281,7 @@ def read_signature(proto: Any, session: Any, options: ImportOptions) -> Signatur
             raise InvalidModel(
                 f"input {s.name!r} is {s.onnx_type}: supported are {', '.join(DTYPES)}"
             )
-    classes = tuple(options.labels) or _node_classes(proto)
+    own = _node_classes(proto)
     outputs = []
     for o in session.get_outputs():
         spec = TensorSpec(o.name, o.type, _dims(o.shape))
@@ -266,12 +297,15 @@ def read_signature(proto: Any, session: Any, options: ImportOptions) -> Signatur
             )
         outputs.append(spec)
     batch, size = _batch(inputs, tuple(outputs))
+    classes = _labels(options.labels, own, tuple(outputs))
+    zipmap_keys = own if options.labels and any(o.is_zipmap for o in outputs) else ()
     return Signature(
         inputs=inputs,
         outputs=tuple(outputs),
         batch=batch,
         batch_size=size,
         classes=classes,
+        zipmap_keys=zipmap_keys,
         columns=_columns(inputs, options.features),
         allow_nan=options.allow_nan,
         image=_image(inputs, options),

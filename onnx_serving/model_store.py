@@ -65,6 +65,9 @@ def read_onnx_file(path: Path) -> tuple[bytes, bool]:
     from onnx.external_data_helper import uses_external_data
 
     data = path.read_bytes()
+    kind = not_onnx(data)
+    if kind:
+        raise InvalidModel(f"{path.name} is {kind}")
     try:
         proto = onnx.load_model_from_string(data)  # external data stays unread here
     except Exception as exc:  # onnx raises several unrelated types for bad files
@@ -76,6 +79,57 @@ def read_onnx_file(path: Path) -> tuple[bytes, bool]:
         return proto.SerializeToString(), True
     except Exception as exc:
         raise InvalidModel(f"cannot read the model's external data beside {path}: {exc}") from None
+
+
+TORCH_EXPORT = (
+    "    model = MyModel(); model.load_state_dict(torch.load(FILE)); model.eval()\n"
+    "    example = torch.randn(1, N_FEATURES)  # one input as the model takes it\n"
+    '    torch.onnx.export(model, (example,), "model.onnx", input_names=["x"],\n'
+    '                      dynamic_shapes={"x": {0: torch.export.Dim("batch")}})'
+)
+
+
+def not_onnx(data: bytes) -> str | None:
+    """What a file that is not ONNX is, told by its first bytes, and what to do with it; None
+    for anything else (ONNX itself included, which has no magic number)."""
+    import io
+    import zipfile
+
+    if data[:2] == b"PK" and zipfile.is_zipfile(io.BytesIO(data)):
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        if any("/code/" in n or n.endswith("constants.pkl") for n in names):
+            return (
+                "a TorchScript archive (torch.jit.save), not ONNX: load it with "
+                "torch.jit.load and export it with torch.onnx.export, then import the "
+                ".onnx file:\n"
+                + TORCH_EXPORT.replace(
+                    "MyModel(); model.load_state_dict(torch.load(FILE))", "torch.jit.load(FILE)"
+                )
+            )
+        if any(n.endswith("data.pkl") for n in names):
+            return (
+                "a PyTorch checkpoint (torch.save): weights without the model's code, which "
+                "ONNX needs. Export it where the model's class is defined, then import the "
+                ".onnx file:\n" + TORCH_EXPORT
+            )
+        return "a zip archive, not ONNX: import the .onnx file inside it"
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return (
+            "a Python pickle (what pickle.dump, joblib.dump and older torch.save write), not "
+            "ONNX. Loading a pickle runs code from it, so the service never does. Export the "
+            "model to ONNX where it was trained: skl2onnx for scikit-learn "
+            "(`to_onnx(model, X[:1].astype('float32'))`), torch.onnx.export for PyTorch"
+        )
+    if (
+        data[:2] in (b"\x1f\x8b", b"x\x9c", b"x\x01", b"x\xda")
+        or data[:3] == b"BZh"
+        or (data[:6] == b"\xfd7zXZ\x00")
+    ):
+        return (
+            "compressed (what joblib.dump(..., compress=...) writes), not ONNX: a compressed "
+            "pickle. Export the model to ONNX where it was trained (skl2onnx for scikit-learn)"
+        )
+    return None
 
 
 def inspect(onnx_bytes: bytes, options: ImportOptions) -> signature.Signature:
@@ -140,38 +194,92 @@ def save(
     labels: dict[str, str],
     metadata: dict[str, Any],
     options: ImportOptions | None = None,
-) -> str:
-    """Store the ONNX bytes as NAME:VERSION with its signature and hash; return the tag.
+) -> tuple[str, str]:
+    """Store the ONNX bytes as NAME:VERSION with its signature and hash; return the tag and
+    what happened, in words. An import never silently does nothing:
 
-    Saving the same bytes under an existing tag is a no-op, so re-running is safe;
-    different bytes under an existing tag are refused rather than overwritten.
+    - the same bytes read the same way (the same signature: labels, columns, image recipe,
+      NaN) under an existing tag: nothing to store, and the note says so;
+    - the same bytes with other import options: without --version, a new version named
+      after both (`sha256-<file>-<options>`), which `NAME:latest` then is; with --version,
+      refused, naming the option to change;
+    - different bytes under an existing tag: refused rather than overwritten.
     """
     import bentoml
     from bentoml.exceptions import NotFound
 
     sig = inspect(onnx_bytes, options or ImportOptions())
     digest = sha256_bytes(onnx_bytes)
+    read_as = sig.to_metadata()
     tag = f"{name}:{version or default_version(digest)}"
-    try:
-        existing = bentoml.models.get(tag)
-    except NotFound:
-        existing = None
-    if existing is not None:
-        if existing.info.metadata.get("sha256") == digest:
-            return str(existing.tag)
-        raise InvalidModel(f"{tag} already exists with different content; choose another --version")
+    for _ in range(2):
+        try:
+            existing = bentoml.models.get(tag)
+        except NotFound:
+            break
+        if existing.info.metadata.get("sha256") != digest:
+            raise InvalidModel(
+                f"{tag} already exists with different content; choose another --version"
+            )
+        if _same(existing.info.metadata.get("signature"), read_as):
+            return str(
+                existing.tag
+            ), f"unchanged: {existing.tag} already holds this file, read the same way"
+        if version is not None:
+            raise InvalidModel(
+                f"{tag} already holds this file with other import options "
+                f"({_differences(existing.info.metadata.get('signature') or {}, read_as)}); "
+                "choose another --version, or leave --version out for one named after both"
+            )
+        tag = f"{name}:{default_version(digest)}-{sha256_bytes(_canonical(read_as))[:8]}"
+    else:  # both turns found a tag: the options' own version can't be taken either
+        raise InvalidModel(f"{tag}: could not choose a version")
 
     full_metadata = {
         **metadata,
         "sha256": digest,
-        "signature": sig.to_metadata(),
+        "signature": read_as,
         **({"batching": batching_profile(onnx_bytes, sig)} if sig.batchable else {}),
         "onnx_file": ONNX_FILENAME,
         "libraries": library_versions(),
     }
     with bentoml.models.create(tag, labels=labels, metadata=full_metadata) as ref:
         Path(ref.path_of(ONNX_FILENAME)).write_bytes(onnx_bytes)
-    return str(ref.tag)
+    note = (
+        "saved"
+        if tag.endswith(default_version(digest)) or version
+        else (
+            f"saved as a new version: the same file as {name}:{default_version(digest)}, read with "
+            "other import options"
+        )
+    )
+    return str(ref.tag), note
+
+
+def _canonical(value: Any) -> bytes:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str).encode()
+
+
+def _same(recorded: Any, read_as: dict[str, Any]) -> bool:
+    return recorded is not None and _canonical(recorded) == _canonical(read_as)
+
+
+def _differences(recorded: dict[str, Any], read_as: dict[str, Any]) -> str:
+    """Which parts of the signature the options changed: classes, columns, image, NaN..."""
+    keys = sorted(
+        k
+        for k in set(recorded) | set(read_as)
+        if _canonical(recorded.get(k)) != _canonical(read_as.get(k))
+    )
+    names = {
+        "classes": "--labels",
+        "columns": "--features",
+        "image": "--image-*",
+        "allow_nan": "--allow-nan",
+    }
+    return ", ".join(names.get(k, k) for k in keys) or "the signature"
 
 
 def batching_profile(onnx_bytes: bytes, sig: signature.Signature) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def optimize(tag: str, mode: str, max_error: float, version: str | None) -> tupl
         )
     digest = model_store.sha256_bytes(variant_bytes)
     labels = {**stored.info.labels, "parent": stored.tag.version, "optimization": mode}
-    new_tag = model_store.save(
+    new_tag, _ = model_store.save(
         variant_bytes,
         stored.tag.name,
         version or f"{mode}-{digest[:16]}",

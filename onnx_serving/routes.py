@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
@@ -56,6 +56,12 @@ def versions() -> Any:
 def chosen(request: Request) -> tuple[Any, Any]:
     """The model that answers `request`, and how it was chosen (404 for an unknown version)."""
     return versions().choose(request.headers, request.client.host if request.client else "")
+
+
+@app.get("/docs", include_in_schema=False)
+async def docs() -> RedirectResponse:
+    """Where FastAPI users look for the API's page: BentoML serves it at /."""
+    return RedirectResponse("/", status_code=307)
 
 
 @app.get(

@@ -103,8 +103,8 @@ class LoadedModel:
         for spec, value in zip(self.signature.outputs, raw, strict=True):
             if spec.is_zipmap:
                 # [{class: probability}, ...] per row -> [rows, classes], in the classes' order.
-                classes = self.signature.classes
-                value = np.array([[row[c] for c in classes] for row in value], dtype=np.float32)
+                keys = self.signature.zipmap_keys or self.signature.classes
+                value = np.array([[row[c] for c in keys] for row in value], dtype=np.float32)
             out[spec.name] = value
         return out
 

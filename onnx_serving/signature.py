@@ -110,6 +110,8 @@ class Signature:
     image: ImageRecipe | None = None
     opset: int = 0
     ir_version: int = 0
+    # A ZipMap output's own keys (the classifier's classes) where --labels renamed them.
+    zipmap_keys: tuple[int | str, ...] = ()
 
     @property
     def single_input(self) -> bool:
@@ -165,6 +167,8 @@ class Signature:
         }
         if self.image is not None:
             out["image"] = self.image.to_metadata()
+        if self.zipmap_keys:
+            out["zipmap_keys"] = list(self.zipmap_keys)
         return out
 
     @classmethod
@@ -181,6 +185,7 @@ class Signature:
             image=ImageRecipe.from_metadata(image) if image else None,
             opset=d["opset"],
             ir_version=d["ir_version"],
+            zipmap_keys=tuple(d.get("zipmap_keys", ())),
         )
 
 

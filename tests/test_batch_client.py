@@ -206,3 +206,15 @@ def test_cli_help_names_the_command() -> None:
         env={**os.environ},
     )
     assert out.returncode == 0 and "--chunk-rows" in out.stdout
+
+
+def test_a_url_where_nothing_listens_fails_in_seconds(tmp_path: Path) -> None:
+    from onnx_serving.local_server import free_port
+
+    (tmp_path / "in.csv").write_text("x\n1\n")
+    started = time.monotonic()
+    with pytest.raises(BatchError, match=r"nothing answers at .*check --url"):
+        batch_client.predict_file(
+            tmp_path / "in.csv", tmp_path / "out.csv", f"http://127.0.0.1:{free_port()}"
+        )
+    assert time.monotonic() - started < 5

@@ -318,3 +318,10 @@ def test_hash_mismatch_refuses_to_start(tmp_path: Path, model_home: Path, demo_t
     assert re.search(
         r"has SHA-256 [0-9a-f]{64}, but the model store recorded [0-9a-f]{64}", message
     )
+
+
+def test_docs_leads_to_the_api_page(http: httpx.Client) -> None:
+    r = http.get("/docs")
+    assert r.status_code == 307 and r.headers["location"] == "/"
+    page = http.get("/docs", follow_redirects=True)
+    assert page.status_code == 200 and "swagger" in page.text.lower()

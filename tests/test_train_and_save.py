@@ -227,3 +227,119 @@ def test_help_explains_every_option() -> None:
         for flag in action.option_strings:
             assert flag in result.stdout
         assert action.help, f"{action.option_strings} has no help text"
+
+
+# --- the file the user has, and imports that never lie ------------------------------------------
+
+
+def _zip(names: list[str]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name in names:
+            z.writestr(name, b"\x80\x02}q\x00.")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x80\x04\x95\x10\x00\x00\x00", "is a Python pickle (what pickle.dump, joblib.dump"),
+        (b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.", "is a Python pickle"),  # old torch.save
+        (b"x\x9c" + b"\x00" * 20, "compressed (what joblib.dump(..., compress=...) writes)"),
+        (_zip(["model/data.pkl", "model/version"]), "a PyTorch checkpoint (torch.save)"),
+        (_zip(["m/code/__torch__.py", "m/constants.pkl", "m/data.pkl"]), "a TorchScript archive"),
+    ],
+    ids=["pickle", "old-torch-save", "joblib-compressed", "torch-checkpoint", "torchscript"],
+)
+def test_files_that_are_not_onnx_are_named_with_what_to_do(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "model.pkl"
+    path.write_bytes(content)
+    result = run_train(tmp_path / "home", "--onnx", str(path), "--name", "mine")
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert "torch.onnx.export" in result.stderr or "skl2onnx" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def classifier_model(classes: int) -> bytes:
+    """Scores for `classes` classes: a user's classifier without labels of its own."""
+    return _model(
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", classes])],
+        [helper.make_node("MatMul", ["features", "w"], ["scores"])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [2, classes], [0.5] * (2 * classes))],
+    )
+
+
+def test_a_reimport_with_other_options_is_a_new_version_and_never_a_silent_no_op(
+    tmp_path: Path,
+) -> None:
+    path, home, labels = tmp_path / "clf.onnx", tmp_path / "home", tmp_path / "labels.txt"
+    path.write_bytes(classifier_model(3))
+    labels.write_text("cat\ndog\nfox\n")
+
+    def imported(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_train(home, "--onnx", str(path), "--name", "clf", *args)
+
+    first = imported()
+    assert first.returncode == 0 and "unchanged" not in first.stderr
+    same = imported()
+    assert same.stdout == first.stdout and "unchanged: " in same.stderr
+    labelled = imported("--labels", str(labels))
+    assert labelled.returncode == 0, labelled.stderr
+    assert labelled.stdout.strip().startswith(first.stdout.strip() + "-")  # a version of its own
+    assert "saved as a new version" in labelled.stderr
+    again = imported("--labels", str(labels))
+    assert again.stdout == labelled.stdout and "unchanged: " in again.stderr
+    pinned = imported("--version", first.stdout.strip().split(":")[1], "--allow-nan")
+    assert pinned.returncode == 1
+    assert "already holds this file with other import options (--allow-nan)" in pinned.stderr
+
+
+@pytest.mark.parametrize(
+    ("model", "args", "message"),
+    [
+        (
+            classifier_model(1000),
+            ["--labels", "ten.txt"],
+            "--labels lists 10 label(s), the model scores 1000 classes",
+        ),
+        (two_feature_model(), ["--features", "a,b,c"], "--features names 3 distinct column(s)"),
+    ],
+    ids=["labels-vs-classes", "features-vs-width"],
+)
+def test_import_options_are_held_to_the_model(
+    tmp_path: Path, model: bytes, args: list[str], message: str
+) -> None:
+    (tmp_path / "ten.txt").write_text("".join(f"c{i}\n" for i in range(10)))
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model)
+    args = [str(tmp_path / a) if a.endswith(".txt") else a for a in args]
+    result = run_train(tmp_path / "home", "--onnx", str(path), "--name", "m", *args)
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+
+
+def test_image_size_is_held_to_a_static_input(tmp_path: Path) -> None:
+    model = ROOT / "tests" / "fixtures" / "models" / "torch_cnn.onnx"
+    args = ["--onnx", str(model), "--name", "cnn", "--image-size", "256,256"]
+    result = run_train(tmp_path / "home", *args)
+    assert result.returncode == 1
+    assert "--image-size 256,256: input 'input' takes" in result.stderr
+
+
+@pytest.mark.parametrize("case", ["sklearn_logreg_zipmap", "sklearn_logreg"])
+def test_labels_name_a_classifier_s_own_classes(tmp_path: Path, case: str) -> None:
+    """skl2onnx's iris classifier has the classes 0, 1, 2: --labels names them (the ZipMap is
+    still read by its own keys); a wrong count is refused."""
+    from onnx_serving import model_store
+    from onnx_serving.importing import ImportOptions
+
+    model = (ROOT / "tests" / "fixtures" / "models" / f"{case}.onnx").read_bytes()
+    sig = model_store.inspect(model, ImportOptions(labels=("setosa", "versicolor", "virginica")))
+    assert sig.classes == ("setosa", "versicolor", "virginica")
+    with pytest.raises(model_store.InvalidModel, match=r"2 label.*3 classes"):
+        model_store.inspect(model, ImportOptions(labels=("setosa", "versicolor")))
