@@ -39,7 +39,21 @@ def to_tensor(data: bytes, recipe: ImageRecipe, max_pixels: int = 50_000_000) ->
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InvalidInput(f"not a readable PNG or JPEG image: {exc}") from None
     mode = "L" if recipe.channels == "L" else "RGB"
-    img = img.convert(mode).resize((recipe.width, recipe.height), Image.Resampling.BILINEAR)
+    img = img.convert(mode)
+    if recipe.resize:
+        # torchvision's Resize(N) then CenterCrop((H, W)): the shorter side to N, then the
+        # centre cut out (rounding as torchvision does).
+        w, h = img.size
+        if w <= h:
+            size = (recipe.resize, max(1, int(recipe.resize * h / w)))
+        else:
+            size = (max(1, int(recipe.resize * w / h)), recipe.resize)
+        img = img.resize(size, Image.Resampling.BILINEAR)
+        left = round((size[0] - recipe.width) / 2.0)
+        top = round((size[1] - recipe.height) / 2.0)
+        img = img.crop((left, top, left + recipe.width, top + recipe.height))
+    else:
+        img = img.resize((recipe.width, recipe.height), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) * np.float32(recipe.scale)
     if arr.ndim == 2:
         arr = arr[:, :, None]

@@ -45,6 +45,7 @@ class ImportOptions:
     image_std: tuple[float, ...] = IMAGENET_STD
     image_channels: str = "RGB"
     image_scores: str = "logits"
+    image_resize: int = 0
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -95,6 +96,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="image models: resize uploads to this (default: the input's static size)",
     )
     group.add_argument(
+        "--image-resize",
+        type=int,
+        default=0,
+        metavar="N",
+        help="image models: torchvision's recipe, the shorter side resized to N (aspect kept), "
+        "then the centre cut to the input's size (Resize(256) + CenterCrop(224) for ImageNet "
+        "models: --image-resize 256); default: the picture resized to the input's size",
+    )
+    group.add_argument(
         "--image-mean",
         type=_floats,
         default=IMAGENET_MEAN,
@@ -141,6 +151,7 @@ def options_from(args: argparse.Namespace) -> ImportOptions:
         image_std=args.image_std,
         image_channels=args.image_channels,
         image_scores=args.image_scores,
+        image_resize=args.image_resize,
     )
 
 
@@ -240,8 +251,21 @@ def _image(inputs: tuple[TensorSpec, ...], options: ImportOptions) -> ImageRecip
         mean, std = mean[:1], std[:1]
     if len(mean) != channels or len(std) != channels:
         raise InvalidModel(f"--image-mean and --image-std need {channels} value(s) each")
+    if options.image_resize and options.image_resize < max(int(h), int(w)):
+        raise InvalidModel(
+            f"--image-resize {options.image_resize} is smaller than the {h}x{w} centre it "
+            "cuts out: give at least the larger side"
+        )
     return ImageRecipe(
-        layout, mode, int(h), int(w), tuple(mean), tuple(std), 1 / 255, options.image_scores
+        layout,
+        mode,
+        int(h),
+        int(w),
+        tuple(mean),
+        tuple(std),
+        1 / 255,
+        options.image_scores,
+        options.image_resize,
     )
 
 

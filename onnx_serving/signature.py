@@ -87,9 +87,15 @@ class ImageRecipe:
     std: tuple[float, ...]
     scale: float = 1 / 255  # pixel values 0..255 times this, before mean and std
     scores: str = "logits"  # "logits": softmax them; "probabilities": as they are
+    # 0: the picture is resized to height x width as it is. N: torchvision's recipe, the
+    # shorter side resized to N (aspect kept), then the centre height x width cut out.
+    resize: int = 0
 
     def to_metadata(self) -> dict[str, Any]:
-        return {**self.__dict__, "mean": list(self.mean), "std": list(self.std)}
+        out = {**self.__dict__, "mean": list(self.mean), "std": list(self.std)}
+        if not self.resize:
+            out.pop("resize")  # as recorded before the option existed: the same signature
+        return out
 
     @classmethod
     def from_metadata(cls, d: dict[str, Any]) -> ImageRecipe:

@@ -19,6 +19,8 @@ from typing import Annotated, Any, ClassVar, Union
 import numpy as np
 from pydantic import (
     AfterValidator,
+    AliasChoices,
+    AliasPath,
     BaseModel,
     ConfigDict,
     Field,
@@ -132,8 +134,8 @@ class RequestBase(BaseModel):
         return super().model_validate_json(json_data, **kwargs)
 
 
-# A body whose "x" starts with a nested list: `"x": [[`.
-FIRST_NESTED = re.compile(rb'"x"\s*:\s*\[\s*\[')
+# A body whose input (`x`, or the input's own name) starts with a nested list: `"x": [[`.
+FIRST_NESTED = re.compile(rb'"[^"]*"\s*:\s*\[\s*\[')
 
 
 def request_model(
@@ -176,9 +178,15 @@ def request_model(
             AfterValidator(lambda a: to_feeds({spec.name: a})),
             Field(
                 alias="x",
+                # The input's own name is taken too, as is the several-input form.
+                validation_alias=AliasChoices("x", spec.name, AliasPath("inputs", spec.name))
+                if spec.name not in ("x", "inputs")
+                else None,
                 description="The model's input "
                 f"{spec.name!r} ({spec.datatype} {list(spec.shape)}): nested lists, or for "
-                "shape [rows] or [rows, n] a flat list of one value per row.",
+                "shape [rows] or [rows, n] a flat list of one value per row. Also taken "
+                f'under its own name ({{"{spec.name}": ...}} or {{"inputs": {{"{spec.name}": '
+                "...}}).",
                 examples=[[1.0, 2.0, 3.5]] if spec.dtype.kind == "f" else None,
                 json_schema_extra={"minItems": 1},
             ),

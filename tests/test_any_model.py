@@ -252,3 +252,16 @@ def test_bad_uploads_get_400_with_reason(
         r = httpx.post(url + route, files={"file": ("f", content, "application/octet-stream")})
     assert r.status_code == 400, r.text
     assert message in r.json()["error"]
+
+
+@pytest.mark.parametrize("shape", ["own-name", "inputs-form", "x"])
+def test_a_single_input_is_taken_by_its_own_name(
+    fixture_servers: dict[str, str], shape: str
+) -> None:
+    """The iris-style model's input is named `X`: `{"X": ...}` and `{"inputs": {"X": ...}}`
+    work as `{"x": ...}` does (`x` stays the documented name)."""
+    rows = CASES["sklearn_linear"]["inputs"]["X"]
+    body = {"own-name": {"X": rows}, "inputs-form": {"inputs": {"X": rows}}, "x": {"x": rows}}
+    r = httpx.post(f"{fixture_servers['sklearn_linear']}/predict", json=body[shape])
+    assert r.status_code == 200, r.text
+    assert_output(r.json()["y"], "sklearn_linear", "variable")
