@@ -11,20 +11,27 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 # BentoML would otherwise ask a remote service about usage tracking.
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: venv model serve test lint image run-image load-test load-test-image bench bench-batch bench-memory bench-sweep bench-models fixtures fuzz soak lock lock-upgrade lock-check sbom sbom-lock audit clean
+.PHONY: venv serving model serve test lint image run-image load-test load-test-image bench bench-batch bench-memory bench-sweep bench-models fixtures fuzz soak lock lock-upgrade lock-check sbom sbom-lock audit clean
 
+# Two steps: `serving` is what `make serve` needs (the run-time packages, and onnx to make
+# the demo model); `venv` adds the tools of the tests, benchmarks, load tests and Spark.
+serving: $(VENV)/.serving
 venv: $(VENV)/.installed
 
 # The run-time packages come from requirements.lock with their hashes; the project and its
 # dev tools are then installed with every locked package held at its pin.
 LOCK_PINS = <(grep -E '^[A-Za-z0-9]' requirements.lock | sed 's/ .*//')
 
-$(VENV)/.installed: pyproject.toml requirements.lock
+$(VENV)/.serving: pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
-	$(BIN)/pip install --quiet -e '.[train,dev,spark]' -c $(LOCK_PINS)
+	$(BIN)/pip install --quiet -e '.[train]' -c $(LOCK_PINS)
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.serving
+	$(BIN)/pip install --quiet -e '.[train,dev,spark,convert]' -c $(LOCK_PINS)
 	@touch $@
 
 # requirements.lock: pyproject.toml's run-time dependencies and all of theirs, pinned with the
@@ -69,7 +76,7 @@ audit: venv
 		echo "make audit: no vulnerability service reachable: nothing was audited" >&2; rc=2; \
 	else cat $$err >&2; fi; rm -f $$err; exit $$rc
 
-model: venv
+model: serving
 	$(BIN)/python train_and_save.py --if-missing
 
 serve: model
@@ -82,34 +89,34 @@ lint: venv
 test: lint model
 	$(BIN)/pytest
 
-image: model
+image: model venv
 	bash scripts/build_image.sh
 
 run-image: venv
 	PORT=$(PORT) bash scripts/run_image.sh
 
-load-test: model
+load-test: model venv
 	bash load_tests/run.sh serve
 
 load-test-image: venv
 	bash load_tests/run.sh image
 
-bench: model
+bench: model venv
 	bash benchmarks/run.sh
 	@$(MAKE) --no-print-directory bench-batch
 
 # Batch inference at 1 M and 10 M rows: in-process ONNX Runtime, /predict_file, the batch
 # client and Spark local[2] (README, Batch inference). BATCH_ROWS=1000000 for a quicker run.
-bench-batch: model
+bench-batch: model venv
 	bash scripts/java.sh
 	$(BIN)/python -m benchmarks.batch_scale
 
 # What one request can cost in memory: the worst body each route takes, RSS per body byte.
-bench-memory: model
+bench-memory: model venv
 	$(BIN)/python -m benchmarks.memory
 
 # Adaptive batching's max_batch_size x max_latency_ms against the bench models (README, Performance).
-bench-sweep: model
+bench-sweep: model venv
 	.venv/bin/python -m benchmarks.sweep
 
 # Remake the bench models (benchmarks/models/*.onnx) with PyTorch and scikit-learn.
@@ -119,11 +126,11 @@ bench-models: venv
 
 # About 70 % of capacity for 10 minutes (SOAK_SECONDS): memory must stay flat, nothing fail.
 SOAK_SECONDS ?= 600
-soak: model
+soak: model venv
 	$(BIN)/python -m load_tests.soak --seconds $(SOAK_SECONDS)
 
 # The fuzzing tests, far longer than `make test` runs them (2,000 examples per property).
-fuzz: model
+fuzz: model venv
 	HYPOTHESIS_PROFILE=long $(BIN)/pytest tests/test_fuzz.py
 
 # Remake the test models with the exporters users use (PyTorch, scikit-learn + skl2onnx).

@@ -6,6 +6,9 @@
     python train_and_save.py --if-missing         # the demo model, only if the store has none
     python train_and_save.py optimize TAG --int8  # an optimized variant of a stored model
                                                   # (see: train_and_save.py optimize --help)
+    python train_and_save.py convert model.pkl --trust --name NAME
+                                                  # a scikit-learn pickle or joblib file
+                                                  # (see: train_and_save.py convert --help)
 
 Models are saved in the project's store (./.bentoml), the one `make serve` and the image
 use, unless BENTOML_HOME names another.
@@ -263,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         from onnx_serving import optimize
 
         return optimize.main(argv[1:])
+    if argv[:1] == ["convert"]:  # a scikit-learn pickle or joblib file (convert.py)
+        from onnx_serving import convert
+
+        return convert.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.samples < 10:

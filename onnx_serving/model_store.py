@@ -116,18 +116,19 @@ def not_onnx(data: bytes) -> str | None:
     if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return (
             "a Python pickle (what pickle.dump, joblib.dump and older torch.save write), not "
-            "ONNX. Loading a pickle runs code from it, so the service never does. Export the "
-            "model to ONNX where it was trained: skl2onnx for scikit-learn "
-            "(`to_onnx(model, X[:1].astype('float32'))`), torch.onnx.export for PyTorch"
+            "ONNX. Loading a pickle runs code from it, so the service never does. A "
+            "scikit-learn model you trust: `python train_and_save.py convert FILE --trust "
+            "--name NAME` (skl2onnx, checked against scikit-learn's own answers); other "
+            "frameworks: export to ONNX where the model was trained (torch.onnx.export for "
+            "PyTorch)"
         )
-    if (
-        data[:2] in (b"\x1f\x8b", b"x\x9c", b"x\x01", b"x\xda")
-        or data[:3] == b"BZh"
-        or (data[:6] == b"\xfd7zXZ\x00")
-    ):
+    # zlib (its second byte says the level), gzip, bzip2, xz: joblib's compressors.
+    zlib = data[:1] == b"x" and data[1:2] in (b"\x01", b"^", b"\x9c", b"\xda")
+    if zlib or data[:2] == b"\x1f\x8b" or data[:3] == b"BZh" or data[:6] == b"\xfd7zXZ\x00":
         return (
             "compressed (what joblib.dump(..., compress=...) writes), not ONNX: a compressed "
-            "pickle. Export the model to ONNX where it was trained (skl2onnx for scikit-learn)"
+            "pickle. A scikit-learn model you trust: `python train_and_save.py convert FILE "
+            "--trust --name NAME`"
         )
     return None
 
