@@ -11,7 +11,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 # BentoML would otherwise ask a remote service about usage tracking.
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: venv serving model serve test lint image run-image load-test load-test-image bench bench-batch bench-memory bench-sweep bench-models fixtures fuzz soak lock lock-upgrade lock-check sbom sbom-lock audit clean
+.PHONY: venv serving model serve test lint docs image run-image load-test load-test-image bench bench-batch bench-memory bench-sweep bench-models fixtures fuzz soak lock lock-upgrade lock-check sbom sbom-lock audit clean
 
 # Two steps: `serving` is what `make serve` needs (the run-time packages, and onnx to make
 # the demo model); `venv` adds the tools of the tests, benchmarks, load tests and Spark.
@@ -81,6 +81,10 @@ model: serving
 
 serve: model
 	$(BIN)/bentoml serve service:OnnxModelService --port $(PORT)
+
+# The documentation site from docs/ into site/; warnings (a broken link, say) are errors.
+docs: venv
+	$(BIN)/mkdocs build --strict --quiet
 
 lint: venv
 	$(BIN)/ruff check .
