@@ -128,7 +128,7 @@ def not_onnx(data: bytes) -> str | None:
         return (
             "compressed (what joblib.dump(..., compress=...) writes), not ONNX: a compressed "
             "pickle. A scikit-learn model you trust: `python train_and_save.py convert FILE "
-            "--trust --name NAME`"
+            "--trust --name NAME` (skl2onnx, checked against scikit-learn's own answers)"
         )
     return None
 
