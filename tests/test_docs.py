@@ -3,12 +3,18 @@ ones."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from conftest import ROOT
+from test_readme import DROP, project_copy
+
+from onnx_serving.local_server import ServerProcess, free_port
 
 MKDOCS = Path(sys.executable).parent / "mkdocs"
 
@@ -47,3 +53,70 @@ def test_the_docs_and_the_readme_give_the_same_tested_commands() -> None:
     block = page.split("```bash\n", 1)[1].split("```", 1)[0]
     commands = [ln.split("  #")[0].strip() for ln in block.splitlines()]
     assert [c for c in commands if c and not c.startswith("#")] == readme
+
+
+def blocks(page: str, language: str) -> list[str]:
+    """The fenced blocks of `language` in a docs page, in order."""
+    text = (ROOT / "docs" / page).read_text()
+    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
+
+
+def commands(block: str) -> list[str]:
+    """A bash block's commands: continuation lines joined, comments and blanks dropped."""
+    joined = block.replace("\\\n", " ")
+    lines = (line.split("  #")[0].strip() for line in joined.splitlines())
+    return [" ".join(line.split()) for line in lines if line and not line.startswith("#")]
+
+
+def run_as_written(cmds: list[str], project: Path, log: Path) -> list[str]:
+    """Each command in `project` as a user's shell would run it; `make serve` is started on a
+    free port (the commands after it call that port instead of 3000) and stopped at the end.
+    The outputs of the commands, in order."""
+    env = {k: v for k, v in os.environ.items() if k not in DROP}
+    server, outputs, port = None, [], free_port()
+    try:
+        unset = [f"--unset={k}" for k in sorted(DROP)]
+        for cmd in cmds:
+            if cmd.endswith("make serve"):
+                server = ServerProcess(
+                    "make serve",
+                    ["env", *unset, "bash", "-c", f"PORT={port} {cmd}"],
+                    port,
+                    env,
+                    log,
+                    project,
+                )
+                server.wait_ready(timeout=180)
+                continue
+            cmd = cmd.replace("localhost:3000", f"127.0.0.1:{port}")
+            done = subprocess.run(
+                cmd, shell=True, cwd=project, env=env, capture_output=True, text=True, timeout=180
+            )
+            assert done.returncode == 0, f"{cmd}\n{done.stderr[-2000:]}"
+            outputs.append(done.stdout)
+    finally:
+        if server is not None:
+            server.stop()
+    return outputs
+
+
+def test_the_scikit_learn_exporter_example_runs_as_written(tmp_path: Path) -> None:
+    project = project_copy(tmp_path / "project")
+    (python,) = blocks("exporters.md", "python")[:1]
+    done = subprocess.run(
+        [sys.executable, "-c", python], cwd=project, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    bash = commands(blocks("exporters.md", "bash")[0])
+    imported, *_ = run_as_written(bash[:1], project, tmp_path / "serve.log")
+    assert imported.startswith("iris:sha256-")
+
+
+def test_the_image_example_runs_as_written(tmp_path: Path) -> None:
+    project = project_copy(tmp_path / "project")
+    cmds = commands(blocks("images.md", "bash")[0])
+    assert cmds[1] == "MODEL_NAME=colours make serve"
+    imported, answer = run_as_written(cmds, project, tmp_path / "serve.log")
+    assert imported.startswith("colours:sha256-")
+    top = json.loads(answer)["top"]
+    assert top[0]["label"] == "green" and top[0]["probability"] > 0.99 and len(top) == 2
