@@ -55,7 +55,7 @@ with bentoml.importing():
 
     from onnx_serving.batch_files import FileRequest, predict_file
     from onnx_serving.runner import ModelRunner
-    from onnx_serving.versions import Versions
+    from onnx_serving.versions import Versions, client_key
 
 # uvicorn's HTTP protocol with load shedding before the app (MAX_QUEUE_MS, MAX_IN_FLIGHT) and
 # the header and body read timeouts it lacks; BentoML's request timeout without its timer
@@ -144,7 +144,7 @@ class OnnxModelService:
         `X-Request-Key`); `X-Model` and the body's `model` name it."""
         request = ctx.request
         try:
-            model, route = self.versions.choose(request.headers, client_of(request))
+            model, route = self.versions.choose(request.headers, client_key(request))
             # async and inline: a microsecond-scale ONNX call is cheaper than a thread hop.
             outputs = model.run(feeds)
         except ServingError as exc:
@@ -191,7 +191,7 @@ class OnnxModelService:
         """Batch inference on a CSV (columns named in /metadata's signature) or a .npy file."""
         # Sync: BentoML runs it in a worker thread, so the event loop keeps serving.
         try:
-            model, route = self.versions.choose(ctx.request.headers, client_of(ctx.request))
+            model, route = self.versions.choose(ctx.request.headers, client_key(ctx.request))
             result, rows = predict_file(
                 file,
                 Path(request_temp_dir()),
@@ -205,12 +205,6 @@ class OnnxModelService:
         self.versions.count(route, "/predict_file", rows)
         ctx.response.headers["X-Model"] = route.tag
         return result
-
-
-def client_of(request: Any) -> str:
-    """The client's address, the canary's key when no X-Request-Key is sent ("" on a Unix
-    socket, which has none)."""
-    return request.client.host if request.client else ""
 
 
 def refused(exc: ServingError, ctx: bentoml.Context) -> Any:

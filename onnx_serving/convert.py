@@ -60,8 +60,9 @@ def load_trusted(path: Path) -> Any:
 
 
 def sample_rows(model: Any, rows: int = SAMPLE_ROWS) -> np.ndarray:
-    """Rows to compare the two models on: around the training data's scale where the model
-    knows it (a scaler's or a tree's statistics are not at hand), else standard normal."""
+    """Rows to compare the two models on: normal with a standard deviation of 3, the same for
+    every model (the training data is not at hand). They test the conversion's arithmetic,
+    not the model's accuracy."""
     n = int(model.n_features_in_)
     return np.random.default_rng(0).normal(0.0, 3.0, size=(rows, n)).astype(np.float32)
 

@@ -84,18 +84,18 @@ def refused(status: int, reason: str, message: str, where: str, rid: str | None 
     return body(message)
 
 
-def answer(exc: ServingError, where: str, headers: Any = None) -> tuple[int, bytes]:
-    """A ServingError as (status, body), counted and logged once."""
-    return exc.status, refused(exc.status, exc.reason, str(exc), where, request_id(headers))
-
-
-def internal(exc: BaseException, where: str, headers: Any = None) -> tuple[int, bytes]:
-    """An exception nobody anticipated: one ERROR line with its traceback, and a 500 whose body
-    says which request id to look for in the log."""
+def internal(exc: BaseException, where: str, headers: Any = None) -> str:
+    """An exception nobody anticipated: one ERROR line with its traceback; the request id
+    that line and the 500's body (`internal_error`) share."""
     rid = request_id(headers)
     logger.error("%s -> 500 (request %s)", safe(where), rid, exc_info=exc)
+    return rid
+
+
+def internal_error(rid: str) -> dict[str, str]:
+    """The body of a 500: which request id to look for in the log, nothing of the fault."""
     message = f"internal error: the server failed on this request (request id {rid} in its log)"
-    return 500, body(message, request_id=rid)
+    return {"error": message, "request_id": rid}
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

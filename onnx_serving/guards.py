@@ -107,11 +107,7 @@ def _normalized(raw: bytes, status: int, rid: str | None) -> tuple[dict[str, Any
         data["error"] = f"{where}: {what}" if where else what
         data["detail"] = [{k: d.get(k) for k in ("type", "loc", "msg")} for d in detail[:10]]
     if status >= 500 and status != 503:
-        rid = rid or errors.request_id()
-        data["error"] = (
-            f"internal error: the server failed on this request (request id {rid} in its log)"
-        )
-        data["request_id"] = rid
+        data = errors.internal_error(rid or errors.request_id())
     return data, data["error"]
 
 
@@ -155,9 +151,8 @@ class ErrorContract:
         try:
             await self.app(scope, receive, watch)
         except Exception as exc:  # the one place an unexpected error is answered
-            _, body = errors.internal(exc, self._where(scope), self._headers(scope))
+            outcome.request_id = errors.internal(exc, self._where(scope), self._headers(scope))
             if not sent:  # else too late to answer: the response was under way
-                outcome.request_id = json.loads(body)["request_id"]
                 start = {"type": "http.response.start", "status": 500, "headers": []}
                 await self._answer(scope, start, b"", outcome, send)
         else:
@@ -328,16 +323,20 @@ class BodyBudget:
         limit, setting = self.limit_of(rule)
         length = header(scope, b"content-length")
         counted = rule is not None and rule.json_values
+        too_large = (
+            f"the body is larger than {errors.safe(path)} takes: at most {limit:,} bytes "
+            f"({setting})"
+        )
         if length is not None and length.isdigit() and int(length) > limit:
-            message = f"the body is larger than {path} takes: at most {limit:,} bytes ({setting})"
-            return await reply(send, 413, errors.safe(message), "body_too_large")
+            return await reply(send, 413, too_large, "body_too_large")
         if not counted and length is not None and length.isdigit():
             # The HTTP server reads no more than Content-Length says: nothing to count.
             return await self.app(scope, receive, send)
         json_bytes = 1 << 62
         if counted and (head := header(scope, b"inference-header-content-length")):
             json_bytes = int(head) if head.isdigit() else 0  # V2: its JSON header only
-        seen, nodes, over, started = 0, 0, "", False
+        seen, nodes, started = 0, 0, False
+        over: tuple[str, str] | None = None  # (message, reason) once a limit is passed
         budget = self.budget
 
         async def counting() -> dict:
@@ -350,16 +349,14 @@ class BodyBudget:
                 if nodes > budget:
                     over = (
                         f"the JSON body holds more than {budget:,} values, arrays and members: "
-                        f"at most MAX_VALUES={self.settings.max_values:,} values are taken"
+                        f"at most MAX_VALUES={self.settings.max_values:,} values are taken",
+                        "size",
                     )
-                    raise BodyTooLarge(over)
+                    raise BodyTooLarge(over[0])
             seen += len(chunk)
             if seen > limit:
-                over = (
-                    f"the body is larger than {errors.safe(path)} takes: at most {limit:,} "
-                    f"bytes ({setting})"
-                )
-                raise BodyTooLarge(over)
+                over = (too_large, "body_too_large")
+                raise BodyTooLarge(too_large)
             return msg
 
         async def watched(msg: dict) -> None:
@@ -373,7 +370,7 @@ class BodyBudget:
         with contextlib.suppress(BodyTooLarge):
             await self.app(scope, counting, watched)
         if over and not started:
-            await reply(send, 413, over, "size" if "values" in over else "body_too_large")
+            await reply(send, 413, *over)
 
 
 class JsonNotFound:

@@ -55,6 +55,7 @@ from . import errors, metrics
 from .admission import Admission
 from .config import settings
 from .drain import DRAINER
+from .guards import header
 
 ADMISSION = Admission(settings())
 RATE_WINDOW_S = 4.0
@@ -317,10 +318,8 @@ def _release(state: list) -> None:
 
 
 def _small_body(scope: dict) -> bool:
-    for key, value in scope["headers"]:
-        if key == b"content-length":
-            return value.isdigit() and int(value) <= HIGH_WATER_LIMIT
-    return False  # chunked: no size known
+    length = header(scope, b"content-length")  # None: chunked, no size known
+    return length is not None and length.isdigit() and int(length) <= HIGH_WATER_LIMIT
 
 
 class Sweep:

@@ -92,11 +92,15 @@ TORCH_EXPORT = (
 def not_onnx(data: bytes) -> str | None:
     """What a file that is not ONNX is, told by its first bytes, and what to do with it; None
     for anything else (ONNX itself included, which has no magic number)."""
+    import contextlib
     import io
     import zipfile
 
-    if data[:2] == b"PK" and zipfile.is_zipfile(io.BytesIO(data)):
-        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    names = None
+    if data[:2] == b"PK":
+        with contextlib.suppress(zipfile.BadZipFile):
+            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    if names is not None:
         if any("/code/" in n or n.endswith("constants.pkl") for n in names):
             return (
                 "a TorchScript archive (torch.jit.save), not ONNX: load it with "

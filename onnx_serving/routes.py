@@ -21,6 +21,7 @@ from .errors import ServingError
 from .guards import error_response
 from .tensors import InvalidInput, check_shape, check_values, from_bytes, to_bytes
 from .validation import check_feeds
+from .versions import client_key
 
 # BentoML serves the documentation (/ and /docs.json); this app only lends it its paths.
 app = FastAPI(title="onnx_model routes", openapi_url=None, docs_url=None, redoc_url=None)
@@ -55,7 +56,7 @@ def versions() -> Any:
 
 def chosen(request: Request) -> tuple[Any, Any]:
     """The model that answers `request`, and how it was chosen (404 for an unknown version)."""
-    return versions().choose(request.headers, request.client.host if request.client else "")
+    return versions().choose(request.headers, client_key(request))
 
 
 @app.get("/docs", include_in_schema=False)
@@ -134,7 +135,7 @@ async def predict_binary(request: Request) -> Response:
     count = check_shape(shape, "X-Shape", limits.max_values, limits.max_rank)
     values = from_bytes(body, spec.dtype, count, "the body")
     values = check_values(values.reshape(shape), spec.dtype, "x", sig.allow_nan)
-    feeds = check_feeds(sig, {spec.name: values}, settings().max_values)
+    feeds = check_feeds(sig, {spec.name: values}, limits.max_values)
     outputs = model.run(feeds)
     versions().answered(route, "/predict_binary", feeds, outputs)
     (y,) = outputs.values()

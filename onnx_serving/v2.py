@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from .v2_codec import HEADER_LENGTH, InferRequest, InferResponse, V2Error, feeds_of, parse, respond
+from .versions import client_key
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
 
@@ -51,8 +52,8 @@ def _model(name: str, version: str | None, request: Request | None = None) -> tu
 
     served = _served()
     if version is None and request is not None:
-        client = request.client.host if request.client else ""
-        model, route = served.choose({**request.headers, "x-model-version": ""}, client)
+        headers = {**request.headers, "x-model-version": ""}
+        model, route = served.choose(headers, client_key(request))
         if model.tag.split(":")[0] == name:
             return model, route
     for model in served.runner.models.values():

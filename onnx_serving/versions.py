@@ -23,6 +23,12 @@ VERSION_HEADER = "x-model-version"
 KEY_HEADER = "x-request-key"
 
 
+def client_key(request: Any) -> str:
+    """The client's address: the canary's key when no X-Request-Key is sent ("" on a Unix
+    socket, which has none)."""
+    return request.client.host if request.client else ""
+
+
 class Versions:
     def __init__(self, runner: ModelRunner, router: Router, response_model: Any) -> None:
         self.runner, self.router = runner, router
