@@ -31,6 +31,7 @@ from onnx_serving import (
 )
 from onnx_serving.config import settings
 from onnx_serving.drain import DRAINER, DrainMiddleware
+from onnx_serving.error_contract import ErrorContract, error_response, install_log_filters
 from onnx_serving.errors import ServingError
 from onnx_serving.feeds import BatchPredictions, BatchRefusal, Feeds
 from onnx_serving.guards import (
@@ -38,10 +39,7 @@ from onnx_serving.guards import (
     BatchingRefusal,
     BodyBudget,
     ContentTypeGuard,
-    ErrorContract,
     JsonNotFound,
-    error_response,
-    install_log_filters,
 )
 from onnx_serving.openapi import CompleteDocs
 from onnx_serving.routes import app as plain_routes

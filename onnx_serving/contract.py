@@ -1,6 +1,6 @@
 """What each route takes, in one table: methods, media types, body limit, value budget, auth,
 and the label its errors and metrics carry. The guards (guards.py), the API document
-(openapi.py) and the error handling (the ErrorContract middleware in guards.py) read it; no
+(openapi.py) and the error handling (error_contract.py) read it; no
 route's rules are written anywhere else.
 """
 
@@ -51,6 +51,13 @@ ROUTES: dict[str, Route] = {
     )
 }
 V2_MODEL = Route("/v2/models/{name}", GET)
+
+
+def header(scope: dict, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def route_of(path: str) -> Route | None:

@@ -54,8 +54,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from . import errors, metrics
 from .admission import Admission
 from .config import settings
+from .contract import header
 from .drain import DRAINER
-from .guards import header
 
 ADMISSION = Admission(settings())
 RATE_WINDOW_S = 4.0

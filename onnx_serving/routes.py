@@ -17,8 +17,8 @@ from starlette.routing import Route
 
 from . import errors, images, v2
 from .config import settings
+from .error_contract import error_response
 from .errors import ServingError
-from .guards import error_response
 from .tensors import InvalidInput, check_shape, check_values, from_bytes, to_bytes
 from .validation import check_feeds
 from .versions import client_key

@@ -16,7 +16,7 @@ import pytest
 from onnx_serving import errors
 from onnx_serving.config import Settings
 from onnx_serving.contract import ROUTES, body_limit, json_budget, route_of
-from onnx_serving.guards import ErrorContract, QuietValidationLog, error_response
+from onnx_serving.error_contract import ErrorContract, QuietValidationLog, error_response
 from onnx_serving.routing import Router, Routing
 from onnx_serving.tensors import InvalidInput, check_shape
 
