@@ -196,3 +196,39 @@ def test_outputs_past_max_output_bytes_are_refused() -> None:
     with pytest.raises(errors.ServingError, match="MAX_OUTPUT_BYTES") as refused:
         model.run(Feeds({"x": np.zeros((11, 1), np.float32)}))
     assert refused.value.status == 413
+
+
+def test_a_name_split_across_chunks_is_still_counted() -> None:
+    """A client that cuts its body between each name's quote and its colon: the quote is
+    carried to the next chunk, so every name is counted."""
+    from onnx_serving.contract import JSON_MEMBERS
+    from onnx_serving.guards import BodyBudget
+
+    chunks = [b'{"x": [1]']
+    chunks += [b', "k%d"' % i + b" " * (i % 3) for i in range(JSON_MEMBERS + 1)]
+    chunks = [c if i == 0 else b":0" + c for i, c in enumerate(chunks)] + [b":0}"]
+    reached = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        reached.append(True)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    messages = iter(
+        [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
+        + [{"type": "http.request", "body": b"", "more_body": False}]
+    )
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": []}
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return next(messages)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(BodyBudget(app, Settings())(scope, receive, send))
+    assert sent[0]["status"] == 413 and not reached
+    assert b"names more than 65,536 fields" in sent[1]["body"]

@@ -201,6 +201,44 @@ def test_json_with_millions_of_values_is_refused_before_it_is_parsed(
     still_serves(default)
 
 
+KEYS = b",".join(b'"k%d":0' % i for i in range(1_000_000))
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/predict", b'{"x": [1.5], ' + KEYS + b"}"),
+        ("/predict", b'{"inputs": {' + KEYS + b"}}"),
+        (
+            "/v2/models/linear-2x/infer",
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], '
+            + KEYS
+            + b"}",
+        ),
+        ("/predict", b'{"x": [1.5], ' + KEYS.replace(b'":', b'" \n\t :') + b"}"),
+    ],
+    ids=["1M-unknown-fields", "1M-unknown-inputs", "v2-1M-unknown-fields", "spaced-names"],
+)
+def test_a_million_names_are_refused_before_they_are_parsed(
+    default: BentoServer, path: str, body: bytes
+) -> None:
+    """Inside the value budget, each name the model doesn't take cost pydantic an error of
+    some 270 bytes, and BentoML an answer listing them all (1.4 GB, a 143 MB answer)."""
+    with PeakRss(default) as rss:
+        r = httpx.post(f"{default.url}{path}", content=body, headers=JSON, timeout=60)
+    print(f"\n1 M names to {path}: {r.status_code}, RSS +{rss.growth_mb:.0f} MB")
+    assert r.status_code == 413 and "names more than 65,536 fields" in r.json()["error"]
+    assert len(r.content) < 1000 and rss.growth_mb < HEADER_JSON_V2_BOUND_MB
+
+
+def test_colons_inside_strings_are_not_names(default: BentoServer) -> None:
+    """The neighbour: 100,000 colons inside a string (V2's request id) are no names."""
+    tensor = {"name": "x", "shape": [1], "datatype": "FP32", "data": [2]}
+    body = {"id": ":" * 100_000, "inputs": [tensor]}
+    r = httpx.post(f"{default.url}/v2/models/linear-2x/infer", json=body)
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [4.0]
+
+
 def test_a_million_wrong_values_are_a_400_in_bounded_memory(default: BentoServer) -> None:
     """Inside the budget, but every value wrong: pydantic's errors must not cost more than
     the values."""
