@@ -201,6 +201,16 @@ def test_json_with_millions_of_values_is_refused_before_it_is_parsed(
     still_serves(default)
 
 
+def measured_post(
+    server: BentoServer, path: str, body: bytes, what: str
+) -> tuple[httpx.Response, float]:
+    """POST a JSON body; the answer and the workers' peak RSS growth meanwhile (printed)."""
+    with PeakRss(server) as rss:
+        r = httpx.post(f"{server.url}{path}", content=body, headers=JSON, timeout=60)
+    print(f"\n{what} to {path}: {r.status_code}, RSS +{rss.growth_mb:.0f} MB")
+    return r, rss.growth_mb
+
+
 KEYS = b",".join(b'"k%d":0' % i for i in range(1_000_000))
 
 
@@ -224,11 +234,9 @@ def test_a_million_names_are_refused_before_they_are_parsed(
 ) -> None:
     """Inside the value budget, each name the model doesn't take cost pydantic an error of
     some 270 bytes, and BentoML an answer listing them all (1.4 GB, a 143 MB answer)."""
-    with PeakRss(default) as rss:
-        r = httpx.post(f"{default.url}{path}", content=body, headers=JSON, timeout=60)
-    print(f"\n1 M names to {path}: {r.status_code}, RSS +{rss.growth_mb:.0f} MB")
+    r, growth_mb = measured_post(default, path, body, "1 M names")
     assert r.status_code == 413 and "names more than 65,536 fields" in r.json()["error"]
-    assert len(r.content) < 1000 and rss.growth_mb < HEADER_JSON_V2_BOUND_MB
+    assert len(r.content) < 1000 and growth_mb < HEADER_JSON_V2_BOUND_MB
 
 
 def test_colons_inside_strings_are_not_names(default: BentoServer) -> None:
@@ -243,11 +251,9 @@ def test_a_million_wrong_values_are_a_400_in_bounded_memory(default: BentoServer
     """Inside the budget, but every value wrong: pydantic's errors must not cost more than
     the values."""
     body = b'{"x": [' + b'"a",' * 999_999 + b'"a"]}'
-    with PeakRss(default) as rss:
-        r = httpx.post(f"{default.url}/predict", content=body, headers=JSON, timeout=60)
-    print(f"\n1 M strings: {r.status_code}, RSS +{rss.growth_mb:.0f} MB")
+    r, growth_mb = measured_post(default, "/predict", body, "1 M strings")
     assert r.status_code == 400 and "valid number" in r.json()["error"]
-    assert len(r.content) < 10_000 and rss.growth_mb < HEADER_JSON_V2_BOUND_MB
+    assert len(r.content) < 10_000 and growth_mb < HEADER_JSON_V2_BOUND_MB
 
 
 # --- V2 and binary shapes ---------------------------------------------------------------------
