@@ -125,7 +125,6 @@ bench-sweep: model venv
 
 # Remake the bench models (benchmarks/models/*.onnx) with PyTorch and scikit-learn.
 bench-models: venv
-	$(BIN)/pip install --quiet -e '.[train,dev,fixtures]' -c $(LOCK_PINS)
 	$(BIN)/python benchmarks/models/make_models.py
 
 # About 70 % of capacity for 10 minutes (SOAK_SECONDS): memory must stay flat, nothing fail.
@@ -140,7 +139,6 @@ fuzz: model venv
 # Remake the test models with the exporters users use (PyTorch, scikit-learn + skl2onnx).
 # Not part of `make test`: the models and their expected outputs are committed.
 fixtures: venv
-	$(BIN)/pip install --quiet -e '.[train,dev,fixtures]' -c $(LOCK_PINS)
 	$(BIN)/python tests/fixtures/make_models.py
 
 clean:

@@ -7,7 +7,8 @@
     python train_and_save.py optimize TAG --int8  # an optimized variant of a stored model
                                                   # (see: train_and_save.py optimize --help)
     python train_and_save.py convert model.pkl --trust --name NAME
-                                                  # a scikit-learn pickle or joblib file
+                                                  # a scikit-learn pickle or joblib file, or
+                                                  # a TorchScript archive (--input-shape)
                                                   # (see: train_and_save.py convert --help)
 
 Models are saved in the project's store (./.bentoml), the one `make serve` and the image
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         from onnx_serving import optimize
 
         return optimize.main(argv[1:])
-    if argv[:1] == ["convert"]:  # a scikit-learn pickle or joblib file (convert.py)
+    if argv[:1] == ["convert"]:  # a scikit-learn pickle or TorchScript archive (convert/)
         from onnx_serving import convert
 
         return convert.main(argv[1:])

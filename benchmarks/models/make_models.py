@@ -1,6 +1,6 @@
 """Make the bench models with the exporters users use.
 
-    make bench-models    # installs the `fixtures` extra (PyTorch, scikit-learn, skl2onnx)
+    make bench-models    # with `make venv`'s convert extra (PyTorch, scikit-learn, skl2onnx)
 
 Two models at the two ends of what adaptive batching can do, committed so `make bench`
 needs neither PyTorch nor scikit-learn (deterministic: fixed seeds):
