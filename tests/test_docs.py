@@ -31,9 +31,10 @@ def build(project: Path, out: Path) -> subprocess.CompletedProcess[str]:
 def test_the_site_builds_strictly(tmp_path: Path) -> None:
     result = build(ROOT, tmp_path / "site")
     assert result.returncode == 0, result.stderr
-    pages = {p.stem for p in (ROOT / "docs").glob("*.md")}
-    built = {p.parent.name for p in (tmp_path / "site").glob("*/index.html")} | {"index"}
-    assert pages <= built, pages - built
+    pages = [p.relative_to(ROOT / "docs") for p in (ROOT / "docs").rglob("*.md")]
+    html = [p.parent if p.name == "index.md" else p.with_suffix("") for p in pages]
+    missing = [p for p in html if not (tmp_path / "site" / p / "index.html").is_file()]
+    assert len(pages) > 15 and not missing, missing
 
 
 def test_a_broken_link_fails_the_build(tmp_path: Path) -> None:
@@ -100,16 +101,44 @@ def run_as_written(cmds: list[str], project: Path, log: Path) -> list[str]:
     return outputs
 
 
-def test_the_scikit_learn_exporter_example_runs_as_written(tmp_path: Path) -> None:
+def exporter_example(page: str, tmp_path: Path, served: bool) -> tuple[str, list[str]]:
+    """A page's first Python block, then its first bash block (only the import unless
+    `served`), in a copy of the project: what the Python block printed, and each command's
+    output."""
     project = project_copy(tmp_path / "project")
-    (python,) = blocks("exporters.md", "python")[:1]
+    # Saved as a file, as a user would (TorchScript reads a class's source from its file).
+    (project / "example.py").write_text(blocks(page, "python")[0])
     done = subprocess.run(
-        [sys.executable, "-c", python], cwd=project, capture_output=True, text=True, timeout=120
+        [sys.executable, "example.py"], cwd=project, capture_output=True, text=True, timeout=180
     )
     assert done.returncode == 0, done.stderr
-    bash = commands(blocks("exporters.md", "bash")[0])
-    imported, *_ = run_as_written(bash[:1], project, tmp_path / "serve.log")
+    bash = commands(blocks(page, "bash")[0])
+    return done.stdout, run_as_written(bash if served else bash[:1], project, tmp_path / "log")
+
+
+def test_the_scikit_learn_exporter_example_runs_as_written(tmp_path: Path) -> None:
+    _, (imported,) = exporter_example("exporters/scikit-learn.md", tmp_path, served=False)
     assert imported.startswith("iris:sha256-")
+
+
+def test_the_pytorch_exporter_example_answers_as_pytorch(tmp_path: Path) -> None:
+    printed, (imported, answer) = exporter_example("exporters/pytorch.md", tmp_path, served=True)
+    assert imported.startswith("mlp:sha256-")
+    want = json.loads(printed.splitlines()[-1])  # after the exporter's progress lines
+    got = json.loads(answer)["y"]
+    assert len(got) == len(want) == 1 and len(got[0]) == 2
+    assert all(abs(g - w) < 1e-5 for g, w in zip(got[0], want[0], strict=True)), (got, want)
+
+
+def test_the_torchscript_example_converts_and_serves_as_written(tmp_path: Path) -> None:
+    _, (tag, metadata) = exporter_example("exporters/torchscript.md", tmp_path, served=True)
+    assert tag.startswith("net:sha256-")
+    meta = json.loads(metadata)
+    source = meta["metadata"]["converted_from"]
+    assert source["format"] == "TorchScript" and source["check"]["batch"] == "dynamic"
+    assert source["check"]["max_abs_diff"] < 1e-4
+    (spec,) = meta["signature"]["inputs"]
+    assert spec["name"] == "image" and spec["shape"] == ["batch", 3, 32, 32]
 
 
 def test_the_image_example_runs_as_written(tmp_path: Path) -> None:
