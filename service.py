@@ -8,8 +8,10 @@
     GET  /metadata         which versions are served and routed, their files, hashes, metrics
     /v2/...                the Open Inference Protocol (KServe V2), JSON and binary
 
-Data flows one way: HTTP body -> validation (onnx_serving.validation, .tensors, .v2)
--> the one ONNX Runtime session (onnx_serving.runner) -> response.
+Data flows one way: HTTP body -> the edge (onnx_serving.startup.edge: limits, auth) ->
+validation (onnx_serving.validation, .tensors, .v2) -> the one ONNX Runtime session
+(onnx_serving.runner) -> response. `prepare()` (onnx_serving/startup.py) does everything
+before the class: patches, settings, the verified versions, batching, the request models.
 """
 
 from __future__ import annotations
@@ -21,102 +23,47 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+from anyio import to_thread
 
-from onnx_serving import (
-    batching,
-    bentoml_fixes,
-    dispatcher,
-    http_protocol,
-    model_store,
-)
-from onnx_serving.config import settings
-from onnx_serving.drain import DRAINER, DrainMiddleware
-from onnx_serving.error_contract import ErrorContract, error_response, install_log_filters
+from onnx_serving import _patches
+from onnx_serving._patches.uvicorn_drain import DRAINER
+from onnx_serving.batch_files import FileRequest, predict_file
+from onnx_serving.error_contract import error_response
 from onnx_serving.errors import ServingError
 from onnx_serving.feeds import BatchPredictions, BatchRefusal, Feeds
-from onnx_serving.guards import (
-    ApiKeyGuard,
-    BatchingRefusal,
-    BodyBudget,
-    ContentTypeGuard,
-    JsonNotFound,
-)
-from onnx_serving.openapi import CompleteDocs
 from onnx_serving.routes import app as plain_routes
-from onnx_serving.routing import Router, RoutingError
-from onnx_serving.signature import InvalidModel
-from onnx_serving.validation import request_model, response_model
+from onnx_serving.runner import ModelRunner
+from onnx_serving.startup import edge, prepare
+from onnx_serving.versions import Versions, client_key
 
-with bentoml.importing():
-    from anyio import to_thread
-    from bentoml._internal.context import request_temp_dir, server_context
-
-    from onnx_serving.batch_files import FileRequest, predict_file
-    from onnx_serving.runner import ModelRunner
-    from onnx_serving.versions import Versions, client_key
-
-# uvicorn's HTTP protocol with load shedding before the app (MAX_QUEUE_MS, MAX_IN_FLIGHT) and
-# the header and body read timeouts it lacks; BentoML's request timeout without its timer
-# leak (onnx_serving/bentoml_fixes.py).
-http_protocol.install()
-bentoml_fixes.apply()
-dispatcher.apply()
-install_log_filters()
-# Resolve and check the served versions here, in the `bentoml serve` process itself: a
-# missing model, a hash mismatch or a routing that names a version not served then stops
-# the command at once with one line saying what to do, instead of a worker failing at start
-# and being restarted forever.
-try:
-    SETTINGS = settings()
-    REFS = [t.strip() for t in SETTINGS.model_tags.split(",") if t.strip()] or [SETTINGS.model_ref]
-    STORED, SIGNATURE = model_store.get_verified_set(REFS)
-    ROUTING = Router.from_settings([str(s.tag) for s in STORED], SETTINGS.routing_file)
-    if server_context.worker_index is None:
-        # Not a worker: `bentoml serve` itself (or `bentoml build`). A model that can't run
-        # would fail every worker at start: try it here, once.
-        for stored in STORED:
-            ModelRunner(SETTINGS).load(stored, SIGNATURE)
-except (
-    model_store.ModelNotFound,
-    model_store.ModelIntegrityError,
-    InvalidModel,
-    RoutingError,
-    RuntimeError,
-) as exc:
-    raise SystemExit(f"error: {exc}") from None
-# Adaptive batching as measured for the first version at import, unless the environment says.
-BATCHING = batching.resolve(
-    STORED[0].info.metadata, SETTINGS.batch_max_size, SETTINGS.batch_max_latency_ms
-)
-# The request and response bodies follow the served model's inputs and outputs.
-PredictRequest = request_model(SIGNATURE, SETTINGS.max_values)
-BatchedRequest = request_model(
-    SIGNATURE, SETTINGS.max_values, BATCHING["max_batch_size"], "BATCH_MAX_SIZE"
-)
-PredictResponse = response_model(SIGNATURE)
+START = prepare()
+PredictRequest, PredictResponse = START.predict_request, START.predict_response
+BatchedRequest = START.batched_request
 
 
 @bentoml.asgi_app(plain_routes, path="/")
 @bentoml.service(
     name="onnx_model",
-    workers=SETTINGS.workers,
+    workers=START.settings.workers,
     traffic={"timeout": 300},
-    # Per-request access log lines and spans cost more than the model (README, Performance).
-    logging={"access": {"enabled": SETTINGS.access_log}},
+    # Per-request access log lines and spans cost more than the model (docs: Performance).
+    logging={"access": {"enabled": START.settings.access_log}},
     # Patterns matched anywhere in the URL: every /predict* route and V2's .../infer.
-    tracing={"excluded_urls": [] if SETTINGS.trace_predictions else ["/predict", "/infer"]},
+    tracing={"excluded_urls": [] if START.settings.trace_predictions else ["/predict", "/infer"]},
     labels={"project": "onnx-bento-service"},
 )
 class OnnxModelService:
     # A class attribute, so that `bentoml build` packs the (first) model into the bento.
-    model_ref = bentoml.models.BentoModel(str(STORED[0].tag))
+    model_ref = bentoml.models.BentoModel(str(START.stored[0].tag))
 
     def __init__(self) -> None:
-        # STORED was verified at import; loading and warm-up finish before /readyz turns 200.
-        self.runner = ModelRunner(SETTINGS)
-        for stored in STORED:
-            self.runner.load(stored, SIGNATURE).info["batching"] = BATCHING
-        self.versions = Versions(self.runner, ROUTING, PredictResponse)
+        # The versions were verified at import; loading and warm-up finish before /readyz
+        # turns 200.
+        self.runner = ModelRunner(START.settings)
+        for stored in START.stored:
+            loaded = self.runner.load(stored, START.signature)
+            loaded.info["batching"] = START.batching.metadata()
+        self.versions = Versions(self.runner, START.routing, PredictResponse)
         # Everything alive now (BentoML, pydantic, ONNX Runtime...) lives as long as the
         # worker: keep it out of the garbage collector's full passes, which otherwise stop the
         # worker for ~150 ms every few seconds under load, for nothing to collect.
@@ -125,11 +72,12 @@ class OnnxModelService:
 
     @bentoml.on_startup
     async def start_worker_tasks(self) -> None:
-        # In the worker's event loop inside uvicorn's serve(): SIGTERM starts a drain, and a
-        # routing file is reloaded when it changes.
+        # In the worker's event loop inside uvicorn's serve(): SIGTERM starts a drain, a
+        # routing file is reloaded when it changes, and every patch is checked in effect.
         DRAINER.install()
-        if ROUTING.file is not None:
-            self.watcher = asyncio.get_running_loop().create_task(ROUTING.watch())
+        _patches.verify()
+        if START.routing.file is not None:
+            self.watcher = asyncio.get_running_loop().create_task(START.routing.watch())
 
     async def __is_ready__(self) -> bool:
         # /readyz answers 503 while the worker drains after SIGTERM.
@@ -153,8 +101,8 @@ class OnnxModelService:
     @bentoml.api(
         batchable=True,
         batch_dim=0,
-        max_batch_size=BATCHING["max_batch_size"],
-        max_latency_ms=BATCHING["max_latency_ms"],
+        max_batch_size=START.batching.max_batch_size,
+        max_latency_ms=START.batching.max_latency_ms,
         input_spec=BatchedRequest,
         output_spec=PredictResponse,
     )
@@ -167,7 +115,7 @@ class OnnxModelService:
         """
         model, route = self.versions.default()
         try:
-            if BATCHING["in_thread"]:  # a model call of milliseconds: see batching.resolve
+            if START.batching.in_thread:  # a model call of milliseconds: see batching.Batching
                 outputs = await to_thread.run_sync(model.run, feeds)
             else:
                 outputs = model.run(feeds)
@@ -192,11 +140,11 @@ class OnnxModelService:
             model, route = self.versions.choose(ctx.request.headers, client_key(ctx.request))
             result, rows = predict_file(
                 file,
-                Path(request_temp_dir()),
-                SIGNATURE,
+                Path(ctx.temp_dir),
+                START.signature,
                 model.run,
-                SETTINGS.file_chunk_rows,
-                SETTINGS.max_csv_line_bytes,
+                START.settings.file_chunk_rows,
+                START.settings.max_csv_line_bytes,
             )
         except ServingError as exc:
             return refused(exc, ctx)
@@ -210,14 +158,5 @@ def refused(exc: ServingError, ctx: bentoml.Context) -> Any:
     return error_response(exc)
 
 
-# Outermost first: every error answer's format, count and log line; the drain's Connection:
-# close; batching's 503; who may call; what they send.
-OnnxModelService.add_asgi_middleware(ErrorContract)
-OnnxModelService.add_asgi_middleware(DrainMiddleware)
-OnnxModelService.add_asgi_middleware(BatchingRefusal, retry_after_s=SETTINGS.retry_after_s)
-OnnxModelService.add_asgi_middleware(JsonNotFound)
-if SETTINGS.api_key_hashes:
-    OnnxModelService.add_asgi_middleware(ApiKeyGuard, hashes=SETTINGS.api_key_hashes)
-OnnxModelService.add_asgi_middleware(ContentTypeGuard)
-OnnxModelService.add_asgi_middleware(BodyBudget, settings=SETTINGS)
-OnnxModelService.add_asgi_middleware(CompleteDocs)
+for middleware, options in edge(START.settings):
+    OnnxModelService.add_asgi_middleware(middleware, **options)

@@ -18,8 +18,8 @@ as TCP's congestion window does (additive increase, multiplicative decrease):
   keeps as many requests as it answers within the target, whatever one call of the model
   costs, and refuses the rest.
 
-The refusal is written by the HTTP protocol itself (onnx_serving/http_protocol.py) as soon as
-the request's headers are parsed: no task, no BentoML middleware, so refusing thousands of
+The refusal is written by the HTTP protocol itself (onnx_serving/_patches/uvicorn_http.py) as
+soon as the request's headers are parsed: no task, no BentoML middleware, so refusing thousands of
 requests a second leaves the worker free for the ones it admits.
 """
 

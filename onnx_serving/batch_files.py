@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
+import bentoml
 import numpy as np
-from _bentoml_sdk.io_models import IODescriptor
 from pydantic import ValidationError, WrapValidator
 
 from . import errors
@@ -62,13 +62,13 @@ def spool_upload(value: Any, handler: Callable[[Any], Path]) -> Path:
     return Path(f"/proc/self/fd/{spooled.fileno()}")
 
 
-class FileRequest(IODescriptor):
+class FileRequest(bentoml.IODescriptor):
     """/predict_file's body: one uploaded file, spooled to disk by `spool_upload`."""
 
     file: Annotated[Path, WrapValidator(spool_upload)]
 
     @classmethod
-    async def from_http_request(cls, request: Any, serde: Any) -> IODescriptor:
+    async def from_http_request(cls, request: Any, serde: Any) -> bentoml.IODescriptor:
         # Starlette reports a malformed multipart body as an HTTPException(400) (or a
         # MultiPartException), which BentoML 1.4.39 answers with a 500: make it the 400
         # validation error it is.

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -94,22 +95,44 @@ def profile(session: ort.InferenceSession, sig: Signature) -> dict[str, Any]:
     return {"cost_ms": {str(k): v for k, v in costs.items()}, **choose(costs)}
 
 
+@dataclass(frozen=True)
+class Batching:
+    """The adaptive batching a service runs with: sizes, and where each came from."""
+
+    max_batch_size: int
+    max_latency_ms: int
+    # Batches of a model that takes long run in a thread: while the model runs, the event
+    # loop goes on reading requests, which queue for the next batch. A call of microseconds
+    # runs inline, where a thread hop would cost more than the call.
+    in_thread: bool
+    source: dict[str, str]
+    cost_ms: dict[str, float]
+
+    def metadata(self) -> dict[str, Any]:
+        """As /metadata shows it."""
+        return {
+            "max_batch_size": self.max_batch_size,
+            "max_latency_ms": self.max_latency_ms,
+            "from": self.source,
+            "cost_ms": self.cost_ms,
+            "in_thread": self.in_thread,
+        }
+
+
 def resolve(
     metadata: dict[str, Any], max_batch_size: int | None, max_latency_ms: int | None
-) -> dict:
+) -> Batching:
     """The batching settings to serve with: the environment's (BATCH_MAX_SIZE,
     BATCH_MAX_LATENCY_MS) where set, else the ones stored with the model at import."""
     stored = metadata.get("batching") or DEFAULT
-    return {
-        "max_batch_size": max_batch_size or stored["max_batch_size"],
-        "max_latency_ms": max_latency_ms or stored["max_latency_ms"],
-        "from": {
+    cost_ms = stored.get("cost_ms", {})
+    return Batching(
+        max_batch_size=max_batch_size or stored["max_batch_size"],
+        max_latency_ms=max_latency_ms or stored["max_latency_ms"],
+        in_thread=cost_ms.get("1", 0) >= OFFLOAD_MS,
+        source={
             "max_batch_size": "BATCH_MAX_SIZE" if max_batch_size else "model",
             "max_latency_ms": "BATCH_MAX_LATENCY_MS" if max_latency_ms else "model",
         },
-        "cost_ms": stored.get("cost_ms", {}),
-        # Batches of a model that takes long run in a thread: while the model runs, the event
-        # loop goes on reading requests, which queue for the next batch. A call of
-        # microseconds runs inline, where a thread hop would cost more than the call.
-        "in_thread": stored.get("cost_ms", {}).get("1", 0) >= OFFLOAD_MS,
-    }
+        cost_ms=cost_ms,
+    )

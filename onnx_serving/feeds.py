@@ -1,19 +1,17 @@
 """What a request hands the runner, and how BentoML's adaptive batching stacks and splits it.
 
 `Feeds` is the model's named input arrays with their row count. BentoML batches an API's
-single argument through a DataContainer picked by its type; registering `FeedsContainer`
-for `Feeds` is BentoML's own extension point, so every input of a model (one or many) is
-stacked along rows and each request gets its own rows back, whatever the model takes.
+single argument through a DataContainer picked by its type; `FeedsContainer`
+(onnx_serving/_patches/bentoml_container.py, registered by install()) stacks every input of a
+model (one or many) along rows and gives each request its own rows back.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from bentoml._internal.runner.container import DataContainer, DataContainerRegistry, Payload
 
 
 class Feeds:
@@ -29,38 +27,6 @@ class Feeds:
     def __repr__(self) -> str:
         shapes = {k: list(v.shape) for k, v in self.arrays.items()}
         return f"Feeds({shapes})"
-
-
-class FeedsContainer(DataContainer[Feeds, Feeds]):
-    @classmethod
-    def batches_to_batch(cls, batches: Sequence[Feeds], batch_dim: int = 0) -> tuple[Feeds, list]:
-        names = batches[0].arrays
-        batch = Feeds({k: np.concatenate([b.arrays[k] for b in batches]) for k in names})
-        indices = [0, *itertools.accumulate(b.rows for b in batches)]
-        return batch, indices
-
-    @classmethod
-    def batch_to_batches(cls, batch: Feeds, indices: Sequence[int], batch_dim: int = 0) -> list:
-        return [
-            Feeds({k: v[a:b] for k, v in batch.arrays.items()})
-            for a, b in itertools.pairwise(indices)
-        ]
-
-    @classmethod
-    def get_batch_size(cls, batch: Feeds, batch_dim: int) -> int:
-        return batch.rows
-
-    # Payloads carry batches between processes (runners); this service batches in-process.
-    @classmethod
-    def to_payload(cls, batch: Feeds, batch_dim: int) -> Payload:
-        raise NotImplementedError("Feeds are batched in-process only")
-
-    @classmethod
-    def from_payload(cls, payload: Payload) -> Feeds:
-        raise NotImplementedError("Feeds are batched in-process only")
-
-
-DataContainerRegistry.register_container(Feeds, Feeds, FeedsContainer)
 
 
 class BatchPredictions:

@@ -353,9 +353,9 @@ def get_verified_set(refs: list[str]) -> tuple[list[Any], signature.Signature]:
 
 
 def bentoml_home() -> str:
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    return str(BentoMLContainer.bentoml_home.get())
+    """Where BentoML keeps its store: BENTOML_HOME, else ~/bentoml (BentoML's documented
+    default)."""
+    return os.environ.get("BENTOML_HOME") or os.path.expanduser("~/bentoml")
 
 
 def has_model(name: str) -> bool:

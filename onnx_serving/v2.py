@@ -73,7 +73,7 @@ def _model(name: str, version: str | None, request: Request | None = None) -> tu
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> dict[str, Any]:
-    from bentoml._internal.context import server_context
+    from bentoml import server_context
 
     # The bento's version inside an image; a plain `bentoml serve` has none.
     version = server_context.bento_version
@@ -90,7 +90,7 @@ async def live() -> dict[str, bool]:
 async def ready() -> JSONResponse:
     import bentoml
 
-    from .drain import DRAINER
+    from ._patches.uvicorn_drain import DRAINER
 
     # As /readyz: loaded, warmed up, and not draining after SIGTERM.
     runner = getattr(bentoml.get_current_service(), "runner", None)
@@ -150,7 +150,7 @@ async def model_metadata(request: Request) -> JSONResponse:
 )
 async def model_ready(request: Request) -> JSONResponse:
     name = request.path_params["name"]
-    from .drain import DRAINER
+    from ._patches.uvicorn_drain import DRAINER
 
     _model(name, request.path_params.get("version"))
     ready = not DRAINER.draining  # as /readyz: not while the worker drains after SIGTERM

@@ -14,8 +14,9 @@ from pydantic import BaseModel, ValidationError
 
 import train_and_save
 from onnx_serving import model_store
+from onnx_serving._patches.bentoml_container import FeedsContainer
 from onnx_serving.batch_files import predict_file
-from onnx_serving.feeds import BatchPredictions, Feeds, FeedsContainer
+from onnx_serving.feeds import BatchPredictions, Feeds
 from onnx_serving.importing import ImportOptions
 from onnx_serving.signature import Signature
 from onnx_serving.tensors import InvalidInput
@@ -108,7 +109,8 @@ def test_response_flattens_one_value_per_row() -> None:
 
 
 def test_signature_round_trips_through_bentoml_metadata() -> None:
-    from bentoml._internal.utils import validate_metadata
+    # What BentoML's model store accepts as metadata, by its own check.
+    from bentoml._internal.utils import validate_metadata  # noqa: TID251
 
     meta = {"signature": DEMO.to_metadata()}
     validate_metadata(meta)  # BentoML refuses None and other non-basic types
@@ -234,12 +236,12 @@ def test_no_pickle_anywhere_in_the_product() -> None:
 
 @pytest.mark.parametrize("fixed", [True, False], ids=["fixed", "bentoml-1.4.39"])
 def test_the_request_timeout_leaves_no_timer_behind(fixed: bool) -> None:
-    """bentoml_fixes: BentoML's TimeoutMiddleware kept one timer per request for the whole
-    timeout and ran the app in a task of its own; the fixed one cancels its timer when the
+    """_patches.bentoml_timeout: BentoML's TimeoutMiddleware kept one timer per request for the
+    whole timeout and ran the app in a task of its own; the fixed one cancels its timer when the
     request ends, runs the app in the request's task, and still answers 504."""
     import asyncio
 
-    from onnx_serving.bentoml_fixes import TimeoutMiddleware
+    from onnx_serving._patches.bentoml_timeout import TimeoutMiddleware
 
     # The fixed class, or the one it fixes (its base: BentoML's own).
     middleware = TimeoutMiddleware if fixed else TimeoutMiddleware.__bases__[0]

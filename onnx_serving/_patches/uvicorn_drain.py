@@ -21,8 +21,8 @@ shutdown is reset rather than refused; the service never read its request, and b
 load balancer (which stops sending once /readyz says 503) no new connection comes then.
 
 This leans on uvicorn's internals (Server.servers, server_state.connections,
-config.http_protocol_class): uvicorn is pinned in pyproject.toml, and tests/test_faults.py
-proves the drain on every run.
+config.http_protocol_class, its SIGTERM handler): PATCH names them, install() checks them
+before the service starts, and tests/test_faults.py proves the drain on every run.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import signal
 import socket
 from typing import Any
 
-from .config import settings
+from ..config import settings
+from . import Patch, Target
 
 logger = logging.getLogger("bentoml.onnx_serving.drain")
 
@@ -161,3 +162,32 @@ class DrainMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_maybe_close)
+
+
+def _in_effect() -> bool:
+    """Taken over in this worker (by the service's start-up, in the worker's loop)."""
+    return DRAINER.drain_seconds <= 0 or DRAINER._server is not None
+
+
+PATCH = Patch(
+    name="uvicorn-drain",
+    why="SIGTERM drains (readyz 503, Connection: close, stop listening) instead of resetting "
+    "keep-alive connections",
+    upstream="to file at Kludex/uvicorn: 'shutdown closes idle keep-alive connections without "
+    "telling the client and the worker's listening socket closes while a supervisor's copy "
+    "keeps listening, so requests already sent are reset; reproduce: 2 workers under "
+    "keep-alive load, SIGTERM one; fix: a drain phase (Connection: close, shutdown(SHUT_RD))'",
+    versions={"uvicorn": "0.54.0"},
+    targets=(
+        Target(
+            "uvicorn.server",
+            "Server",
+            uses=("self.servers", "self.server_state", "def handle_exit", "self.lifespan"),
+        ),
+        Target("uvicorn.server", "Server.capture_signals", uses=("signal.signal",)),
+        Target("uvicorn.server", "ServerState", uses=("self.connections",)),
+        Target("uvicorn.config", "Config.load", uses=("self.http_protocol_class",)),
+    ),
+    apply=lambda: None,  # DRAINER.install(), in the worker's event loop at start
+    in_effect=_in_effect,
+)

@@ -38,8 +38,8 @@ notes its deadline and one sweep a worker checks them all a few times a timeout 
 keep-alive timeout too): a timer per request would cost more than a refusal.
 
 BentoML 1.4.39 builds uvicorn.Config without `http=` (_bentoml_impl/worker/service.py), so
-"auto" is used; `install()` points "auto" at this protocol. Call it at import of the service
-module: the worker imports it before creating its uvicorn.Config.
+"auto" is used; `apply()` (by onnx_serving._patches.install) points "auto" at this protocol,
+at import of the service module: the worker imports it before creating its uvicorn.Config.
 """
 
 from __future__ import annotations
@@ -51,11 +51,12 @@ import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from . import errors, metrics
-from .admission import Admission
-from .config import settings
-from .contract import header
-from .drain import DRAINER
+from .. import errors, metrics
+from ..admission import Admission
+from ..config import settings
+from ..contract import header
+from . import Patch, Target
+from .uvicorn_drain import DRAINER
 
 ADMISSION = Admission(settings())
 RATE_WINDOW_S = 4.0
@@ -348,40 +349,62 @@ class Sweep:
 SWEEP = Sweep()
 
 
-class FairAcceptLoop(asyncio.SelectorEventLoop):
-    """asyncio's event loop, accepting as many connections per wake-up as the queue needs.
-
-    uvloop's libuv accepts one connection per turn of the loop (libuv#3696, since 1.45): under
-    overload a turn takes tens of milliseconds, and new connections, probes among them, waited
-    in the kernel's queue for seconds (753 waiting, /readyz answered after 8 s, with 1,024
-    clients). asyncio's own loop accepts every waiting connection at once, so with several
-    workers on one socket the first to wake took a whole burst (16 keep-alive connections on
-    one worker, the other idle). This one accepts one connection per wake-up while that
-    empties the queue, and twice as many each time it does not, so workers share bursts and
-    a deep queue is drained in a few turns.
-    """
-
-    _cap = 1
-    _accepted = 0
-
-    def _accept_connection(self, protocol_factory, sock, sslcontext=None, server=None,
-                           backlog=100, *args):  # type: ignore[override]  # fmt: skip
-        self._accepted = 0
-        super()._accept_connection(protocol_factory, sock, sslcontext, server, self._cap, *args)
-        self._cap = min(self._cap * 2, backlog) if self._accepted >= self._cap else 1
-
-    def _accept_connection2(self, *args, **kwargs):  # type: ignore[override]
-        self._accepted += 1
-        return super()._accept_connection2(*args, **kwargs)
-
-
-def fair_loop_factory(use_subprocess: bool = False) -> type[asyncio.AbstractEventLoop]:
-    return FairAcceptLoop
-
-
-def install() -> None:
-    """Make uvicorn's default ("auto") HTTP protocol this one, on FairAcceptLoop."""
+def apply() -> None:
+    """Make uvicorn's default ("auto") HTTP protocol this one."""
     import uvicorn.config
 
     uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:GuardedHttpToolsProtocol"
-    uvicorn.config.LOOP_FACTORIES["auto"] = f"{__name__}:fair_loop_factory"
+
+
+def in_effect() -> bool:
+    import uvicorn.config
+
+    return uvicorn.config.HTTP_PROTOCOLS["auto"] == f"{__name__}:GuardedHttpToolsProtocol"
+
+
+PATCH = Patch(
+    name="uvicorn-http-protocol",
+    why="load shedding before the app, bounded headers, header and body read timeouts, a "
+    "minimum body rate",
+    upstream="uvicorn has no header timeout, body rate or header count limit (Kludex/uvicorn#157 "
+    "was closed in 2026 asking for new issues). To file: 'httptools protocol: a client that "
+    "trickles headers or a body one byte every few seconds holds its connection (and, with "
+    "BentoML, an admission slot) forever; reproduce with 300 sockets sending one byte every "
+    "6 s; fix: header_timeout and body_min_rate settings checked in data_received'. "
+    "BentoML builds uvicorn.Config without http= (bentoml/BentoML: to file, 'let the service "
+    'config choose the uvicorn protocol class\'), so the "auto" entry is replaced',
+    versions={"uvicorn": "0.54.0", "httptools": "0.9.0", "bentoml": "1.4.39"},
+    targets=(
+        Target("uvicorn.config", "HTTP_PROTOCOLS"),
+        Target(
+            "uvicorn.protocols.http.httptools_impl",
+            "HttpToolsProtocol",
+            uses=(
+                "def connection_made",
+                "def connection_lost",
+                "def data_received",
+                "def on_message_begin",
+                "def on_url",
+                "def on_header",
+                "def on_headers_complete",
+                "def on_body",
+                "def on_message_complete",
+                "def on_response_complete",
+                "def _unset_keepalive_if_required",
+                "def _start_asgi_task",
+                "def timeout_keep_alive_handler",
+                "self.connections",
+                "self.timeout_keep_alive_task",
+                "self.cycle",
+                "self.pipeline",
+                "self.flow",
+                "self.server_state",
+                "self.tasks",
+            ),
+        ),
+        Target("uvicorn.protocols.http.flow_control", "HIGH_WATER_LIMIT"),
+        Target("_bentoml_impl.worker.service", uses=("uvicorn.Config(",)),
+    ),
+    apply=apply,
+    in_effect=in_effect,
+)

@@ -27,6 +27,8 @@ from typing import Any
 
 from bentoml._internal.marshal import dispatcher
 
+from . import Patch, Target
+
 logger = logging.getLogger("bentoml.onnx_serving.dispatcher")
 
 
@@ -73,3 +75,43 @@ def apply() -> None:
     import _bentoml_impl.server.app
 
     _bentoml_impl.server.app.CorkDispatcher = GreedyDispatcher  # type: ignore[misc]
+
+
+def in_effect() -> bool:
+    import _bentoml_impl.server.app
+
+    return _bentoml_impl.server.app.CorkDispatcher is GreedyDispatcher
+
+
+PATCH = Patch(
+    name="bentoml-greedy-dispatcher",
+    why="a batch leaves as soon as the model is free; a lone request is never held back",
+    upstream="bentoml/BentoML#3664 (the wait average balloons) and #3630 (other strategies, held "
+    "back); to file: 'CorkDispatcher holds a lone client's requests ~4 ms after a burst "
+    "because its estimate includes its own holding; reproduce: 64 clients then 1 on a "
+    "batchable API; fix: release at once when the model is free (Triton's "
+    "max_queue_delay 0)'",
+    versions={"bentoml": "1.4.39"},
+    targets=(
+        Target(
+            "bentoml._internal.marshal.dispatcher",
+            "CorkDispatcher",
+            uses=(
+                "self._queue",
+                "self._sema",
+                "self._wake_event",
+                "self.optimizer",
+                "self.max_latency",
+                "self._loop",
+                "def _get_inputs",
+                "async def outbound_call",
+                "async def controller",
+                "enqueue_time",
+            ),
+        ),
+        Target("bentoml._internal.marshal.dispatcher", "Optimizer", uses=("self.o_a", "self.o_b")),
+        Target("_bentoml_impl.server.app", "CorkDispatcher"),
+    ),
+    apply=apply,
+    in_effect=in_effect,
+)

@@ -1,0 +1,94 @@
+"""What the service module prepares before BentoML builds the service: `prepare()`.
+
+Patches checked and applied, settings read, the served versions resolved and verified, the
+routing read, a trial load in the `bentoml serve` process itself, adaptive batching chosen
+and the request and response models built from the model's signature. Anything wrong stops
+the command at once with one `error:` line saying what to do, instead of a worker failing
+at start and being restarted forever.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import bentoml
+from pydantic import BaseModel
+
+from . import _patches, model_store
+from .batching import Batching, resolve
+from .config import Settings, settings
+from .error_contract import install_log_filters
+from .guards import ApiKeyGuard, BatchingRefusal, BodyBudget, ContentTypeGuard, JsonNotFound
+from .openapi import CompleteDocs
+from .routing import Router, RoutingError
+from .runner import ModelRunner
+from .signature import InvalidModel, Signature
+from .validation import request_model, response_model
+
+
+@dataclass(frozen=True)
+class Prepared:
+    settings: Settings
+    stored: list[bentoml.Model]  # the served versions, the default first
+    signature: Signature  # shared by every served version
+    routing: Router
+    batching: Batching  # as measured for the first version at import, unless the env says
+    predict_request: type[BaseModel]
+    batched_request: type[BaseModel]
+    predict_response: type[BaseModel]
+
+
+def prepare() -> Prepared:
+    _patches.install()
+    install_log_filters()
+    try:
+        config = settings()
+        refs = [t.strip() for t in config.model_tags.split(",") if t.strip()]
+        stored, signature = model_store.get_verified_set(refs or [config.model_ref])
+        routing = Router.from_settings([str(s.tag) for s in stored], config.routing_file)
+        if bentoml.server_context.worker_index is None:
+            # Not a worker: `bentoml serve` itself (or `bentoml build`). A model that can't
+            # run would fail every worker at start: try it here, once.
+            for version in stored:
+                ModelRunner(config).load(version, signature)
+    except (
+        model_store.ModelNotFound,
+        model_store.ModelIntegrityError,
+        InvalidModel,
+        RoutingError,
+        RuntimeError,
+    ) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    batching = resolve(stored[0].info.metadata, config.batch_max_size, config.batch_max_latency_ms)
+    return Prepared(
+        settings=config,
+        stored=stored,
+        signature=signature,
+        routing=routing,
+        batching=batching,
+        predict_request=request_model(signature, config.max_values),
+        batched_request=request_model(
+            signature, config.max_values, batching.max_batch_size, "BATCH_MAX_SIZE"
+        ),
+        predict_response=response_model(signature),
+    )
+
+
+def edge(config: Settings) -> list[tuple[type, dict[str, Any]]]:
+    """The ASGI middleware before the APIs, outermost first: every error answer's format,
+    count and log line; the drain's Connection: close; batching's 503; JSON 404s; who may
+    call; what they send; the complete OpenAPI document."""
+    from ._patches.uvicorn_drain import DrainMiddleware
+    from .error_contract import ErrorContract
+
+    chain: list[tuple[type, dict[str, Any]]] = [
+        (ErrorContract, {}),
+        (DrainMiddleware, {}),
+        (BatchingRefusal, {"retry_after_s": config.retry_after_s}),
+        (JsonNotFound, {}),
+    ]
+    if config.api_key_hashes:
+        chain.append((ApiKeyGuard, {"hashes": config.api_key_hashes}))
+    chain += [(ContentTypeGuard, {}), (BodyBudget, {"settings": config}), (CompleteDocs, {})]
+    return chain

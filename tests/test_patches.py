@@ -1,0 +1,97 @@
+"""onnx_serving/_patches: every reach into other projects' internals is checked before the
+service starts, and in effect in every running worker."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, running
+
+from onnx_serving import _patches
+from onnx_serving._patches import PatchError, Target
+
+NAMES = [
+    "uvicorn-http-protocol",
+    "asyncio-fair-accept",
+    "uvicorn-drain",
+    "bentoml-request-timeout",
+    "bentoml-greedy-dispatcher",
+    "bentoml-feeds-container",
+]
+
+
+def test_every_patch_fits_the_pinned_versions_and_says_why() -> None:
+    _patches.check()
+    patches = _patches.patches()
+    assert [p.name for p in patches] == NAMES
+    for patch in patches:
+        assert patch.versions and patch.targets and patch.why, patch.name
+        # The upstream issue it works around, or the report to file.
+        assert "#" in patch.upstream or "to file" in patch.upstream, patch.name
+
+
+@pytest.mark.parametrize(
+    ("module", "attribute"),
+    [
+        ("uvicorn.config", "HTTP_PROTOCOLS"),
+        ("uvicorn.server", "ServerState"),
+        ("bentoml._internal.server.http.traffic", "TimeoutMiddleware"),
+        ("bentoml._internal.marshal.dispatcher", "CorkDispatcher"),
+        ("_bentoml_impl.server.app", "CorkDispatcher"),
+        ("bentoml._internal.runner.container", "DataContainerRegistry"),
+    ],
+)
+def test_an_attribute_renamed_upstream_fails_the_check(
+    monkeypatch: pytest.MonkeyPatch, module: str, attribute: str
+) -> None:
+    target = importlib.import_module(module)
+    monkeypatch.setattr(target, f"{attribute}_renamed", getattr(target, attribute), raising=False)
+    monkeypatch.delattr(target, attribute)
+    with pytest.raises(PatchError, match=rf"{module}\.{attribute}[\w.]* is gone"):
+        _patches.check()
+
+
+def test_a_private_name_no_longer_used_fails_the_check() -> None:
+    moved = Target("bentoml._internal.marshal.dispatcher", "CorkDispatcher", uses=("self._q2",))
+    assert (
+        moved.problem()
+        == "bentoml._internal.marshal.dispatcher.CorkDispatcher no longer uses self._q2"
+    )
+    assert Target("uvicorn.no_such_module").problem() == "uvicorn.no_such_module is gone"
+
+
+def test_another_release_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.metadata.version
+    monkeypatch.setattr(
+        importlib.metadata, "version", lambda d: "1.4.40" if d == "bentoml" else real(d)
+    )
+    with pytest.raises(PatchError, match=r"written for bentoml 1\.4\.39, found 1\.4\.40"):
+        _patches.check()
+
+
+def test_the_service_refuses_to_start_with_one_line_when_a_patch_no_longer_fits() -> None:
+    """An upgrade-shaped break (uvicorn's ServerState renamed) stops the service module's
+    import, as `bentoml serve` does it, with one `error:` line and no traceback."""
+    script = (
+        "import uvicorn.server as s; s.State = s.ServerState; del s.ServerState; import service"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("error: the service's patches"), done.stderr
+    assert "uvicorn-drain: uvicorn.server.ServerState is gone" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_every_patch_is_in_effect_in_every_running_worker(model_home: Path, tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    with running(model_home, log, WORKERS="2"):
+        pass
+    lines = [ln for ln in log.read_text().splitlines() if "patches in effect:" in ln]
+    assert len(lines) == 2, log.read_text()[-3000:]
+    assert all(ln.endswith("patches in effect: " + ", ".join(NAMES)) for ln in lines), lines
