@@ -11,7 +11,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 # BentoML would otherwise ask a remote service about usage tracking.
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: venv serving model serve test lint docs image run-image load-test load-test-image bench bench-batch bench-memory bench-sweep bench-models fixtures fuzz soak lock lock-upgrade lock-check sbom sbom-lock audit clean
+.PHONY: venv serving model serve test test-fast lint docs image run-image load-test load-test-image bench bench-batch bench-memory bench-sweep bench-models fixtures fuzz soak lock lock-upgrade lock-check sbom sbom-lock audit clean
 
 # Two steps: `serving` is what `make serve` needs (the run-time packages, and onnx to make
 # the demo model); `venv` adds the tools of the tests, benchmarks, load tests and Spark.
@@ -90,8 +90,15 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Every tier, the fast one first: unit (in-process), then service (real servers) and system
+# (the image, replicas, Spark). tests/conftest.py assigns the tiers.
 test: lint model
-	$(BIN)/pytest
+	$(BIN)/pytest -m unit -q
+	$(BIN)/pytest -m "not unit"
+
+# The edit-test loop: lint and the unit tier, under a minute.
+test-fast: lint
+	$(BIN)/pytest -m unit -q
 
 image: model venv
 	bash scripts/build_image.sh

@@ -70,28 +70,32 @@ class Admission:
             started = time.perf_counter()
             await asyncio.sleep(self.TICK_S)
             now = time.perf_counter()
-            self.lag_s = max(0.0, now - started - self.TICK_S)
-            self._responses.clear()
-            was = self.limit
-            shedding = self.limit < self.ceiling
-            # Shedding starts only on a clear pile-up (ONSET x the target); once shedding, the
-            # limit holds the lag near the target itself.
-            late = self.lag_s > self.target_s * (1 if shedding else self.ONSET)
-            if not late:
-                self.above_since = None
-                if self.lag_s <= self.target_s:
-                    self.limit = min(float(self.ceiling), self.limit + self.INCREASE)
-            else:
-                # As in CoDel, only a queue that lasts is answered, not a burst or a pause:
-                # the limit is cut by each late tick once ticks have stayed late INTERVAL_S.
-                if self.above_since is None:
-                    self.above_since = now
-                if now - self.above_since >= self.INTERVAL_S:
-                    # In proportion to how late: 100 ms against a 25 ms target halves the
-                    # limit, 30 ms takes a sixth off.
-                    cut = max(self.MIN_DECREASE, self.target_s / self.lag_s)
-                    self.limit = max(float(self.floor), self.limit * cut)
-            self._log_change(was)
+            self.observe(max(0.0, now - started - self.TICK_S), now)
+
+    def observe(self, lag_s: float, now: float) -> None:
+        """One tick: the event loop's lag (how late the tick woke) at time `now` (seconds)."""
+        self.lag_s = lag_s
+        self._responses.clear()
+        was = self.limit
+        shedding = self.limit < self.ceiling
+        # Shedding starts only on a clear pile-up (ONSET x the target); once shedding, the
+        # limit holds the lag near the target itself.
+        late = self.lag_s > self.target_s * (1 if shedding else self.ONSET)
+        if not late:
+            self.above_since = None
+            if self.lag_s <= self.target_s:
+                self.limit = min(float(self.ceiling), self.limit + self.INCREASE)
+        else:
+            # As in CoDel, only a queue that lasts is answered, not a burst or a pause: the
+            # limit is cut by each late tick once ticks have stayed late INTERVAL_S.
+            if self.above_since is None:
+                self.above_since = now
+            if now - self.above_since >= self.INTERVAL_S:
+                # In proportion to how late: 100 ms against a 25 ms target halves the limit,
+                # 30 ms takes a sixth off.
+                cut = max(self.MIN_DECREASE, self.target_s / self.lag_s)
+                self.limit = max(float(self.floor), self.limit * cut)
+        self._log_change(was)
 
     def _publish(self) -> None:
         from . import metrics

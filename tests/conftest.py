@@ -39,6 +39,25 @@ def run_train(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# Tests in three tiers, one marker each (pytest -m unit|service|system):
+#   unit     in-process, no server: the edit-test loop (`make test-fast`, under a minute);
+#   service  against a real `bentoml serve` on loopback (the default);
+#   system   the Docker image, two replicas behind HAProxy, Spark.
+UNIT_FILES = {"test_units.py", "test_contract.py", "test_edge_units.py", "test_patches.py"}
+SYSTEM_FILES = {"test_image.py", "test_spark.py", "test_replicas.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        name = item.path.name
+        if name in SYSTEM_FILES or item.get_closest_marker("image"):
+            item.add_marker(pytest.mark.system)
+        elif item.get_closest_marker("service") is None and name in UNIT_FILES:
+            item.add_marker(pytest.mark.unit)
+        elif item.get_closest_marker("service") is None:
+            item.add_marker(pytest.mark.service)
+
+
 class BentoServer(ServerProcess):
     """`bentoml serve` of this project's service on a free loopback port, serving the models
     of the store in `home`.

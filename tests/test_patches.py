@@ -88,6 +88,7 @@ def test_the_service_refuses_to_start_with_one_line_when_a_patch_no_longer_fits(
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.service
 def test_every_patch_is_in_effect_in_every_running_worker(model_home: Path, tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     with running(model_home, log, WORKERS="2"):
