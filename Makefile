@@ -31,7 +31,7 @@ $(VENV)/.serving: pyproject.toml requirements.lock
 	@touch $@
 
 $(VENV)/.installed: $(VENV)/.serving
-	$(BIN)/pip install --quiet -e '.[train,dev,spark,convert]' -c $(LOCK_PINS)
+	$(BIN)/pip install --quiet -e '.[train,dev,spark,convert,client]' -c $(LOCK_PINS)
 	@touch $@
 
 # requirements.lock: pyproject.toml's run-time dependencies and all of theirs, pinned with the

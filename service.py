@@ -9,8 +9,8 @@
     /v2/...                the Open Inference Protocol (KServe V2), JSON and binary
 
 Data flows one way: HTTP body -> the edge (onnx_serving.startup.edge: limits, auth) ->
-validation (onnx_serving.validation, .tensors, .v2) -> the one ONNX Runtime session
-(onnx_serving.runner) -> response. `prepare()` (onnx_serving/startup.py) does everything
+validation (onnx_serving.protocols.native, .tensors, .v2) -> the one ONNX Runtime session
+(onnx_serving.model.runner) -> response. `prepare()` (onnx_serving/startup.py) does everything
 before the class: patches, settings, the verified versions, batching, the request models.
 """
 
@@ -27,14 +27,16 @@ from anyio import to_thread
 
 from onnx_serving import _patches
 from onnx_serving._patches.uvicorn_drain import DRAINER
-from onnx_serving.batch_files import FileRequest, predict_file
-from onnx_serving.error_contract import error_response
+from onnx_serving.edge.error_contract import error_response
+from onnx_serving.edge.route_table import client_key
 from onnx_serving.errors import ServingError
-from onnx_serving.feeds import BatchPredictions, BatchRefusal, Feeds
-from onnx_serving.routes import app as plain_routes
-from onnx_serving.runner import ModelRunner
+from onnx_serving.model.feeds import BatchPredictions, BatchRefusal, Feeds
+from onnx_serving.model.runner import ModelRunner
+from onnx_serving.protocols.files import FileRequest, predict_file
+from onnx_serving.protocols.http_routes import app as plain_routes
+from onnx_serving.protocols.native import responder
 from onnx_serving.startup import edge, prepare
-from onnx_serving.versions import Versions, client_key
+from onnx_serving.versions.served import Versions
 
 START = prepare()
 PredictRequest, PredictResponse = START.predict_request, START.predict_response
@@ -63,7 +65,8 @@ class OnnxModelService:
         for stored in START.stored:
             loaded = self.runner.load(stored, START.signature)
             loaded.info["batching"] = START.batching.metadata()
-        self.versions = Versions(self.runner, START.routing, PredictResponse)
+        respond = functools.partial(responder, model=PredictResponse)
+        self.versions = Versions(self.runner, START.routing, respond)
         # Everything alive now (BentoML, pydantic, ONNX Runtime...) lives as long as the
         # worker: keep it out of the garbage collector's full passes, which otherwise stop the
         # worker for ~150 ms every few seconds under load, for nothing to collect.

@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from onnx_serving import importing, model_store
 from onnx_serving.config import DEFAULT_MODEL_NAME
+from onnx_serving.model import import_options as importing
+from onnx_serving.model import store as model_store
 
 TRUE_SLOPE, TRUE_INTERCEPT = 2.0, 0.0
 FIT_TOLERANCE = 1e-6
@@ -264,11 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["optimize"]:  # an optimized variant of a stored model (optimize.py)
-        from onnx_serving import optimize
+        from onnx_serving.model import optimize
 
         return optimize.main(argv[1:])
     if argv[:1] == ["convert"]:  # a scikit-learn pickle or TorchScript archive (convert/)
-        from onnx_serving import convert
+        from onnx_serving.model import convert
 
         return convert.main(argv[1:])
     parser = build_parser()

@@ -38,10 +38,10 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def bench_ort(sizes: list[int], csvs: dict[int, Path], tmp: Path) -> dict[str, dict[int, float]]:
-    from onnx_serving import model_store
-    from onnx_serving.batch_files import predict_file
     from onnx_serving.config import Settings
-    from onnx_serving.runner import ModelRunner
+    from onnx_serving.model import store as model_store
+    from onnx_serving.model.runner import ModelRunner
+    from onnx_serving.protocols.files import predict_file
 
     stored = model_store.get_verified(f"{MODEL}:latest")
     sig = model_store.signature_of(stored)
@@ -62,7 +62,7 @@ def bench_ort(sizes: list[int], csvs: dict[int, Path], tmp: Path) -> dict[str, d
 
 
 def bench_http(sizes: list[int], csvs: dict[int, Path], tmp: Path) -> dict[str, dict[int, float]]:
-    from onnx_serving import batch_client
+    from onnx_serving.offline import client as batch_client
 
     out: dict[str, dict[int, float]] = {"/predict_file (1 upload)": {}, "batch client": {}}
     server = start_bentoml("batch-scale", tmp, ALL_CPUS, {"MODEL_NAME": MODEL, "WORKERS": "2"})
@@ -89,7 +89,7 @@ def bench_http(sizes: list[int], csvs: dict[int, Path], tmp: Path) -> dict[str, 
 
 
 def bench_spark(sizes: list[int], csvs: dict[int, Path], tmp: Path) -> dict[str, dict[int, float]]:
-    from onnx_serving import spark_infer
+    from onnx_serving.offline import spark as spark_infer
 
     model = spark_infer.prepare(f"{MODEL}:latest")
     spark = spark_infer.spark_session("local[2]", progress=False)

@@ -2,7 +2,7 @@
 
 - `costs`: milliseconds per `session.run` at 1, 8, 64 and 256 rows (what adaptive batching
   can save at best: the cost per row at 1 row against at 256), measured the way the import
-  measures it (onnx_serving/batching.py);
+  measures it (onnx_serving/model/batching.py);
 - `json`: calls per second of `session.run` with the JSON work a request needs (decode the
   body, build the float32 array, encode the answer), for the bodies the bench sends.
 
@@ -23,9 +23,10 @@ import bentoml
 import numpy as np
 import onnxruntime as ort
 
-from onnx_serving import batching, model_store
 from onnx_serving.config import settings
-from onnx_serving.runner import session_options
+from onnx_serving.model import batching
+from onnx_serving.model import store as model_store
+from onnx_serving.model.runner import session_options
 
 
 def _calls_per_s(fn: Callable[[], object], seconds: float) -> float:

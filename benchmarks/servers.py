@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from onnx_serving.local_server import ServerProcess, free_port
+from harness.local_server import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable

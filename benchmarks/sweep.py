@@ -1,6 +1,6 @@
 """`make bench-sweep`: adaptive batching's two settings against each bench model, at 64
 clients of one row each on /predict_batched: rows/s, p50, p99, 503s and the mean batch size
-(from BentoML's own histogram on /metrics). The sweep behind onnx_serving/batching.py's rule.
+(from BentoML's own histogram on /metrics). The sweep behind onnx_serving/model/batching.py's rule.
 
     python -m benchmarks.sweep [--models bench-mlp,bench-forest] [--duration 4]
 """

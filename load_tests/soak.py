@@ -31,7 +31,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from onnx_serving.local_server import ServerProcess, bentoml_workers, free_port  # noqa: E402
+from harness.local_server import ServerProcess, bentoml_workers, free_port  # noqa: E402
 
 USER_RPS = 10  # each user's pace during the soak (locust --user-rps)
 

@@ -2,7 +2,7 @@
 
     predict-file IN OUT --url URL   a big CSV or .npy through a running service's /predict_file
 
-(The Spark job is its own module: `python -m onnx_serving.spark_infer`, see README.)
+(The Spark job is its own module: `python -m onnx_serving.offline.spark`, see README.)
 """
 
 from __future__ import annotations
@@ -47,7 +47,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    from .batch_client import BatchError, Retry, predict_file
+    try:
+        from onnx_serving.offline.client import BatchError, Retry, predict_file
+    except ImportError as exc:  # the client extra: make venv, or pip install -e '.[client]'
+        print(
+            f"error: the batch client needs {exc.name}: pip install -e '.[client]' "
+            "(make venv installs it)",
+            file=sys.stderr,
+        )
+        return 2
 
     try:
         rows = predict_file(

@@ -34,8 +34,8 @@ class Settings(BaseSettings):
     # Which model to serve: a full tag wins over a name (which means "its latest version").
     model_name: str = DEFAULT_MODEL_NAME
     model_tag: str | None = None
-    # Several versions side by side (onnx_serving/routing.py): the served set, and a file with
-    # the routing between them (default, canary, shadow), reloaded when it changes.
+    # Several versions side by side (onnx_serving/versions/router.py): the served set, and a
+    # file with the routing between them (default, canary, shadow), reloaded when it changes.
     model_tags: str = ""
     routing_file: Path | None = None
     # Largest number of values (rows x features) one JSON request may carry.
@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     ort_intra_op_threads: int = Field(1, gt=0)
     ort_inter_op_threads: int = Field(1, gt=0)
     # Adaptive batching for /predict_batched; None: the settings measured for the model at
-    # import (onnx_serving/batching.py).
+    # import (onnx_serving/model/batching.py).
     batch_max_size: int | None = Field(None, ge=2)
     batch_max_latency_ms: int | None = Field(None, gt=0)
     # HTTP worker processes of `bentoml serve` (each holds its own sessions): a number, or

@@ -75,7 +75,9 @@ def body(message: str, **extra: Any) -> bytes:
 
 def refused(status: int, reason: str, message: str, where: str, rid: str | None = None) -> bytes:
     """Count and log one refusal; its JSON body."""
-    from . import metrics  # here: the offline tools use this module without BentoML's metrics
+    from onnx_serving import (
+        metrics,  # here: the offline tools use this module without BentoML's metrics
+    )
 
     if reason not in REASONS:
         reason = reason_of(message)

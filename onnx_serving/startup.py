@@ -15,16 +15,23 @@ from typing import Any
 import bentoml
 from pydantic import BaseModel
 
-from . import _patches, model_store
-from .batching import Batching, resolve
-from .config import Settings, settings
-from .error_contract import install_log_filters
-from .guards import ApiKeyGuard, BatchingRefusal, BodyBudget, ContentTypeGuard, JsonNotFound
-from .openapi import CompleteDocs
-from .routing import Router, RoutingError
-from .runner import ModelRunner
-from .signature import InvalidModel, Signature
-from .validation import request_model, response_model
+from onnx_serving import _patches
+from onnx_serving.config import Settings, settings
+from onnx_serving.edge.error_contract import install_log_filters
+from onnx_serving.edge.guards import (
+    ApiKeyGuard,
+    BatchingRefusal,
+    BodyBudget,
+    ContentTypeGuard,
+    JsonNotFound,
+)
+from onnx_serving.model import store as model_store
+from onnx_serving.model.batching import Batching, resolve
+from onnx_serving.model.runner import ModelRunner
+from onnx_serving.model.signature import InvalidModel, Signature
+from onnx_serving.protocols.native import request_model, response_model
+from onnx_serving.protocols.openapi import CompleteDocs
+from onnx_serving.versions.router import Router, RoutingError
 
 
 @dataclass(frozen=True)
@@ -79,8 +86,8 @@ def edge(config: Settings) -> list[tuple[type, dict[str, Any]]]:
     """The ASGI middleware before the APIs, outermost first: every error answer's format,
     count and log line; the drain's Connection: close; batching's 503; JSON 404s; who may
     call; what they send; the complete OpenAPI document."""
-    from ._patches.uvicorn_drain import DrainMiddleware
-    from .error_contract import ErrorContract
+    from onnx_serving._patches.uvicorn_drain import DrainMiddleware
+    from onnx_serving.edge.error_contract import ErrorContract
 
     chain: list[tuple[type, dict[str, Any]]] = [
         (ErrorContract, {}),

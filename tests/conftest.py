@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from onnx_serving.local_server import ServerProcess, free_port
+from harness.local_server import ServerProcess, free_port
 
 # Image fixtures (docker_engine, built_image, image_url) and the exporters' models
 # (fixture_home, fixture_servers) live beside this file.
@@ -43,7 +43,13 @@ def run_train(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 #   unit     in-process, no server: the edit-test loop (`make test-fast`, under a minute);
 #   service  against a real `bentoml serve` on loopback (the default);
 #   system   the Docker image, two replicas behind HAProxy, Spark.
-UNIT_FILES = {"test_units.py", "test_contract.py", "test_edge_units.py", "test_patches.py"}
+UNIT_FILES = {
+    "test_units.py",
+    "test_contract.py",
+    "test_edge_units.py",
+    "test_patches.py",
+    "test_layout.py",
+}
 SYSTEM_FILES = {"test_image.py", "test_spark.py", "test_replicas.py"}
 
 

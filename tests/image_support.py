@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from onnx_serving.local_server import free_port
+from harness.local_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, BentoServer
 
-from onnx_serving import batch_client
-from onnx_serving.batch_client import BatchError, Client, Retry
+from onnx_serving.offline import client as batch_client
+from onnx_serving.offline.client import BatchError, Client, Retry
 
 ROWS = 1_000_000
 
@@ -209,7 +209,7 @@ def test_cli_help_names_the_command() -> None:
 
 
 def test_a_url_where_nothing_listens_fails_in_seconds(tmp_path: Path) -> None:
-    from onnx_serving.local_server import free_port
+    from harness.local_server import free_port
 
     (tmp_path / "in.csv").write_text("x\n1\n")
     started = time.monotonic()

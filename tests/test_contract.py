@@ -15,10 +15,10 @@ import pytest
 
 from onnx_serving import errors
 from onnx_serving.config import Settings
-from onnx_serving.contract import ROUTES, body_limit, json_budget, route_of
-from onnx_serving.error_contract import ErrorContract, QuietValidationLog, error_response
-from onnx_serving.routing import Router, Routing
-from onnx_serving.tensors import InvalidInput, check_shape
+from onnx_serving.edge.error_contract import ErrorContract, QuietValidationLog, error_response
+from onnx_serving.edge.route_table import ROUTES, body_limit, json_budget, route_of
+from onnx_serving.model.tensors import InvalidInput, check_shape
+from onnx_serving.versions.router import Router, Routing
 
 
 def call(app: Any, path: str = "/predict", headers: list | None = None) -> tuple[int, dict]:
@@ -170,7 +170,7 @@ def test_the_routing_watcher_outlives_any_file(
         watcher.cancel()
         return seen
 
-    with caplog.at_level(logging.WARNING, logger="bentoml.onnx_serving.routing"):
+    with caplog.at_level(logging.WARNING, logger="bentoml.onnx_serving.versions.router"):
         seen = asyncio.run(scenario())
     assert seen == ["m:v1", "m:v1", "m:v1", "m:v1", "m:v2", "m:v1"]
     failures = [r for r in caplog.records if "not applied" in r.getMessage()]
@@ -179,9 +179,9 @@ def test_the_routing_watcher_outlives_any_file(
 
 
 def test_outputs_past_max_output_bytes_are_refused() -> None:
-    from onnx_serving.feeds import Feeds
-    from onnx_serving.runner import LoadedModel
-    from onnx_serving.signature import Signature, TensorSpec
+    from onnx_serving.model.feeds import Feeds
+    from onnx_serving.model.runner import LoadedModel
+    from onnx_serving.model.signature import Signature, TensorSpec
 
     class Session:
         def run(self, _: Any, arrays: dict) -> list:
@@ -201,8 +201,8 @@ def test_outputs_past_max_output_bytes_are_refused() -> None:
 def test_a_name_split_across_chunks_is_still_counted() -> None:
     """A client that cuts its body between each name's quote and its colon: the quote is
     carried to the next chunk, so every name is counted."""
-    from onnx_serving.contract import JSON_MEMBERS
-    from onnx_serving.guards import BodyBudget
+    from onnx_serving.edge.guards import BodyBudget
+    from onnx_serving.edge.route_table import JSON_MEMBERS
 
     chunks = [b'{"x": [1]']
     chunks += [b', "k%d"' % i + b" " * (i % 3) for i in range(JSON_MEMBERS + 1)]

@@ -14,7 +14,7 @@ from pathlib import Path
 from conftest import ROOT
 from test_readme import DROP, project_copy
 
-from onnx_serving.local_server import ServerProcess, free_port
+from harness.local_server import ServerProcess, free_port
 
 MKDOCS = Path(sys.executable).parent / "mkdocs"
 

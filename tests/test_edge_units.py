@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from onnx_serving.admission import Admission
 from onnx_serving.config import Settings
-from onnx_serving.routing import Canary, Router, Routing, RoutingError, bucket
+from onnx_serving.edge.admission import Admission
+from onnx_serving.versions.router import Canary, Router, Routing, RoutingError, bucket
 
 
 def admission(**settings: int) -> Admission:

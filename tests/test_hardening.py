@@ -196,8 +196,9 @@ BROKEN_MODEL = """
 import sys
 import bentoml
 from onnx import TensorProto, helper
-from onnx_serving import model_store, signature
-from onnx_serving.signature import TensorSpec
+from onnx_serving.model import store as model_store
+from onnx_serving.model import signature
+from onnx_serving.model.signature import TensorSpec
 graph = helper.make_graph(
     [helper.make_node("Reshape", ["a", "shape"], ["c"])], "broken",
     [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 2])],

@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, BentoServer
 from version_models import TRIPLE, serving
 
-from onnx_serving.local_server import ServerProcess, free_port
+from harness.local_server import ServerProcess, free_port
 
 DEPLOY = ROOT / "deploy"
 

@@ -14,7 +14,7 @@ import numpy as np
 from conftest import ROOT
 from fixture_models import CASES, MODELS
 
-from onnx_serving.local_server import ServerProcess, free_port
+from harness.local_server import ServerProcess, free_port
 
 README = (ROOT / "README.md").read_text()
 # What a user's shell has: nothing of the test run's own settings or of the make around it.

@@ -25,7 +25,7 @@ from endpoint_checks import check_predict_file_csv
 from image_support import BuiltImage, Container, docker
 from manifests import docker_run_args, one, render, service_container
 
-from onnx_serving.local_server import free_port
+from harness.local_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUST = [sys.executable, "-m", "locust", "-f", str(ROOT / "load_tests" / "locustfile.py")]

@@ -1,4 +1,4 @@
-"""`onnx_serving.spark_infer` on local Spark (`local[2]`): a million rows equal to the service's
+"""`onnx_serving.offline.spark` on local Spark (`local[2]`): a million rows equal to the service's
 to the last bit, the other models' outputs as /predict_file writes them, and the refusals
 (a wrong SHA-256, a missing column, text that is not a number) with no partial output.
 
@@ -22,8 +22,8 @@ import pytest
 from conftest import ROOT, run_train
 from fixture_models import MODELS
 
-from onnx_serving.batch_files import predict_file
-from onnx_serving.signature import Signature
+from onnx_serving.model.signature import Signature
+from onnx_serving.protocols.files import predict_file
 
 pytestmark = pytest.mark.spark
 ROWS = 1_000_000
@@ -40,7 +40,7 @@ def java() -> None:
 
 @pytest.fixture(scope="module")
 def spark(java: None) -> Iterator[object]:
-    from onnx_serving import spark_infer
+    from onnx_serving.offline import spark as spark_infer
 
     saved = {k: os.environ.get(k) for k in ("SPARK_LOCAL_IP", "PYSPARK_PYTHON")}
     session = spark_infer.spark_session("local[2]", progress=False)
@@ -56,16 +56,16 @@ def spark(java: None) -> Iterator[object]:
 
 def spark_infer_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
-    cmd = [sys.executable, "-m", "onnx_serving.spark_infer", "--master", "local[2]", *args]
+    cmd = [sys.executable, "-m", "onnx_serving.offline.spark", "--master", "local[2]", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 def shipped(home: Path, tag: str) -> object:
     """spark_infer.prepare(tag) against the store in `home` (BentoML reads its home once per
     process, so in one of its own)."""
-    from onnx_serving.spark_infer import ShippedModel
+    from onnx_serving.offline.spark import ShippedModel
 
-    code = "import json, sys, dataclasses; from onnx_serving.spark_infer import prepare; "
+    code = "import json, sys, dataclasses; from onnx_serving.offline.spark import prepare; "
     code += "print(json.dumps(dataclasses.asdict(prepare(sys.argv[1]))))"
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
     out = subprocess.run(
@@ -114,7 +114,7 @@ def test_parquet_typed_predictions_match_the_service(
     import httpx
     import pandas as pd
 
-    from onnx_serving import spark_infer
+    from onnx_serving.offline import spark as spark_infer
 
     src, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
     table = spark.range(ROWS, numPartitions=2).selectExpr("id", "cast(sin(id) * 1000 as float) x")
@@ -149,8 +149,8 @@ def test_other_models_write_what_predict_file_writes(
 ) -> None:
     import onnxruntime as ort
 
-    from onnx_serving import spark_infer
-    from onnx_serving.runner import LoadedModel, session_options
+    from onnx_serving.model.runner import LoadedModel, session_options
+    from onnx_serving.offline import spark as spark_infer
 
     model = shipped(other_home, name)
     sig = Signature.from_metadata(model.signature)
@@ -185,7 +185,7 @@ def test_a_wrong_sha256_refuses_to_run(model_home: Path, tmp_path: Path) -> None
 def test_a_shipped_file_that_differs_is_refused_on_the_executors(
     spark: object, model_home: Path, tmp_path: Path
 ) -> None:
-    from onnx_serving import spark_infer
+    from onnx_serving.offline import spark as spark_infer
 
     model = shipped(model_home, "linear-2x")
     forged = spark_infer.ShippedModel(model.tag, model.path, "0" * 64, model.signature)
@@ -197,7 +197,7 @@ def test_a_shipped_file_that_differs_is_refused_on_the_executors(
 
 
 def test_a_missing_column_fails_clearly(spark: object, model_home: Path, tmp_path: Path) -> None:
-    from onnx_serving import spark_infer
+    from onnx_serving.offline import spark as spark_infer
 
     (tmp_path / "in.csv").write_text("id,z\n1,2\n")
     out = tmp_path / "out"
@@ -209,7 +209,7 @@ def test_a_missing_column_fails_clearly(spark: object, model_home: Path, tmp_pat
 def test_text_that_is_not_a_number_fails_clearly_with_no_partial_output(
     spark: object, model_home: Path, tmp_path: Path
 ) -> None:
-    from onnx_serving import spark_infer
+    from onnx_serving.offline import spark as spark_infer
 
     src = tmp_path / "in"
     src.mkdir()  # two files, two tasks: the good one may finish, nothing of it must show

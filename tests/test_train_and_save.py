@@ -335,8 +335,8 @@ def test_image_size_is_held_to_a_static_input(tmp_path: Path) -> None:
 def test_labels_name_a_classifier_s_own_classes(tmp_path: Path, case: str) -> None:
     """skl2onnx's iris classifier has the classes 0, 1, 2: --labels names them (the ZipMap is
     still read by its own keys); a wrong count is refused."""
-    from onnx_serving import model_store
-    from onnx_serving.importing import ImportOptions
+    from onnx_serving.model import store as model_store
+    from onnx_serving.model.import_options import ImportOptions
 
     model = (ROOT / "tests" / "fixtures" / "models" / f"{case}.onnx").read_bytes()
     sig = model_store.inspect(model, ImportOptions(labels=("setosa", "versicolor", "virginica")))

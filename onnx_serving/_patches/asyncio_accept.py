@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from . import Patch, Target
+from onnx_serving._patches import Patch, Target
 
 
 class FairAcceptLoop(asyncio.SelectorEventLoop):

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from bentoml._internal.runner.container import DataContainer, DataContainerRegistry, Payload
 
-from ..feeds import Feeds
-from . import Patch, Target
+from onnx_serving._patches import Patch, Target
+from onnx_serving.model.feeds import Feeds
 
 
 class FeedsContainer(DataContainer[Feeds, Feeds]):

@@ -27,7 +27,7 @@ from typing import Any
 
 from bentoml._internal.marshal import dispatcher
 
-from . import Patch, Target
+from onnx_serving._patches import Patch, Target
 
 logger = logging.getLogger("bentoml.onnx_serving.dispatcher")
 

@@ -29,7 +29,7 @@ from typing import Any
 from bentoml._internal.server.http import traffic
 from starlette.responses import JSONResponse
 
-from . import Patch, Target
+from onnx_serving._patches import Patch, Target
 
 
 class TimeoutMiddleware(traffic.TimeoutMiddleware):

@@ -35,8 +35,8 @@ import signal
 import socket
 from typing import Any
 
-from ..config import settings
-from . import Patch, Target
+from onnx_serving._patches import Patch, Target
+from onnx_serving.config import settings
 
 logger = logging.getLogger("bentoml.onnx_serving.drain")
 

@@ -12,7 +12,7 @@ refused one is not read), streamed into the app, and takes its slot only once it
 Every body must keep arriving at HTTP_BODY_MIN_RATE bytes a second (measured over windows of
 RATE_WINDOW_S) or the connection gets `408`.
 
-Shedding: a POST that admission control (onnx_serving/admission.py) has no room for gets its
+Shedding: a POST that admission control (onnx_serving/edge/admission.py) has no room for gets its
 503 right here, once its headers are parsed: no task is created and no middleware runs, so a
 refusal costs the worker a fraction of the lightest answer
 (README, Operating it). Its body, if any, is read and dropped, and the
@@ -51,12 +51,12 @@ import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .. import errors, metrics
-from ..admission import Admission
-from ..config import settings
-from ..contract import header
-from . import Patch, Target
-from .uvicorn_drain import DRAINER
+from onnx_serving import errors, metrics
+from onnx_serving._patches import Patch, Target
+from onnx_serving._patches.uvicorn_drain import DRAINER
+from onnx_serving.config import settings
+from onnx_serving.edge.admission import Admission
+from onnx_serving.edge.route_table import header
 
 ADMISSION = Admission(settings())
 RATE_WINDOW_S = 4.0

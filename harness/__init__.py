@@ -1,0 +1,1 @@
+"""Test and benchmark support, outside the product: starting and stopping local servers."""

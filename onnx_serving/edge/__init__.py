@@ -1,0 +1,3 @@
+"""Before a request reaches a protocol: the route table (methods, media types, limits, auth), the
+guards, admission control and the error contract.
+"""

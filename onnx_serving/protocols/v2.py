@@ -1,0 +1,208 @@
+"""The Open Inference Protocol (KServe V2) over REST, beside the native API, on the same runner.
+
+    GET  /v2                                  server metadata
+    GET  /v2/health/live, /v2/health/ready    {"live": true}, {"ready": true}
+    GET  /v2/models/{name}[/versions/{v}]     model metadata: inputs, outputs, datatypes
+    GET  /v2/models/{name}[/versions/{v}]/ready
+    POST /v2/models/{name}[/versions/{v}]/infer
+
+Infer takes V2's JSON tensors and its binary tensor extension (v2_codec.py), as tritonclient
+sends them. Errors are V2's `{"error": "..."}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from onnx_serving.edge.route_table import client_key
+from onnx_serving.protocols.v2_codec import (
+    HEADER_LENGTH,
+    InferRequest,
+    InferResponse,
+    V2Error,
+    feeds_of,
+    parse,
+    respond,
+)
+
+router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
+
+
+def _inline(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's JSON schema with its $defs written in place, for an OpenAPI body."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: walk(v) for k, v in node.items()}
+        return [walk(v) for v in node] if isinstance(node, list) else node
+
+    return walk(schema)
+
+
+def _served() -> Any:
+    import bentoml
+
+    return bentoml.get_current_service().versions
+
+
+def _model(name: str, version: str | None, request: Request | None = None) -> tuple[Any, Any]:
+    """The loaded model V2 calls `name` (and `version`) and how it was chosen, or V2Error 404.
+    Without a version, the routing picks (default, or canary by X-Request-Key)."""
+    from onnx_serving.versions.router import Route
+
+    served = _served()
+    if version is None and request is not None:
+        headers = {**request.headers, "x-model-version": ""}
+        model, route = served.choose(headers, client_key(request))
+        if model.tag.split(":")[0] == name:
+            return model, route
+    for model in served.runner.models.values():
+        tag_name, tag_version = model.tag.split(":")
+        if tag_name == name and version in (None, tag_version):
+            return model, Route(model.tag, "explicit" if version else "default")
+    raise V2Error(
+        f"model {name!r}{f' version {version!r}' if version else ''} is not served; "
+        f"served: {sorted(served.runner.models)}",
+        404,
+        "version",
+    )
+
+
+# --- routes -----------------------------------------------------------------------------------
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> dict[str, Any]:
+    from bentoml import server_context
+
+    # The bento's version inside an image; a plain `bentoml serve` has none.
+    version = server_context.bento_version
+    version = "dev" if not version or version == "not available" else version
+    return {"name": "onnx-bento-service", "version": version, "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/health/live", summary="Server liveness")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Server readiness: the model is loaded and warmed up")
+async def ready() -> JSONResponse:
+    import bentoml
+
+    from onnx_serving._patches.uvicorn_drain import DRAINER
+
+    # As /readyz: loaded, warmed up, and not draining after SIGTERM.
+    runner = getattr(bentoml.get_current_service(), "runner", None)
+    ok = bool(runner and runner.models) and not DRAINER.draining
+    return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+
+PATH_PARAMETERS = {
+    "name": "The model's name, e.g. linear-2x",
+    "version": "The model's version, e.g. sha256-cb0c4b0ee3ec16c9",
+}
+
+
+def params(*names: str, **extra: Any) -> dict[str, Any]:
+    """OpenAPI path parameters: the handlers read them from request.path_params."""
+    listed = [
+        {"name": n, "in": "path", "required": True, "schema": {"type": "string"},
+         "description": PATH_PARAMETERS[n]}
+        for n in names
+    ]  # fmt: skip
+    return {"parameters": listed, **extra}
+
+
+@router.get("/models/{name}", summary="Model metadata", openapi_extra=params("name"))
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="Model metadata, one version",
+    openapi_extra=params("name", "version"),
+)
+async def model_metadata(request: Request) -> JSONResponse:
+    name = request.path_params["name"]
+    version = request.path_params.get("version")
+    model, _ = _model(name, version)
+    sig = model.signature
+    tag_name, tag_version = model.tag.split(":")
+    every = [t.split(":")[1] for t in _served().runner.models if t.split(":")[0] == tag_name]
+
+    def tensors(specs: Any) -> list[dict[str, Any]]:
+        return [{"name": s.name, "datatype": s.datatype, "shape": s.v2_shape()} for s in specs]
+
+    body = {
+        "name": tag_name,
+        "versions": [tag_version] if version else every,
+        "platform": "onnxruntime_onnx",
+        "inputs": tensors(sig.inputs),
+        "outputs": tensors(sig.outputs),
+        "parameters": {"classes": list(sig.classes), "batching": sig.batching_note()},
+    }
+    return JSONResponse(body)
+
+
+@router.get("/models/{name}/ready", summary="Model readiness", openapi_extra=params("name"))
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    summary="Model readiness, one version",
+    openapi_extra=params("name", "version"),
+)
+async def model_ready(request: Request) -> JSONResponse:
+    name = request.path_params["name"]
+    from onnx_serving._patches.uvicorn_drain import DRAINER
+
+    _model(name, request.path_params.get("version"))
+    ready = not DRAINER.draining  # as /readyz: not while the worker drains after SIGTERM
+    return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+
+
+INFER_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _inline(InferRequest)},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": f"Binary tensor extension: a JSON header of {HEADER_LENGTH} "
+                "bytes, then each binary input's bytes in order.",
+            },
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "The outputs (binary ones after a JSON header, as in the request)",
+            "content": {"application/json": {"schema": _inline(InferResponse)}},
+        },
+        "400": {"description": 'A bad request: `{"error": "..."}`'},
+        "404": {"description": 'No such model or version: `{"error": "..."}`'},
+    },
+}
+
+
+@router.post("/models/{name}/infer", summary="Inference", openapi_extra=params("name", **INFER_DOC))
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Inference, one version",
+    openapi_extra=params("name", "version", **INFER_DOC),
+)
+async def infer(request: Request) -> Response:
+    from onnx_serving.config import settings
+
+    limits = settings()
+    model, route = _model(request.path_params["name"], request.path_params.get("version"), request)
+    parsed, binary = parse(await request.body(), request.headers.get(HEADER_LENGTH))
+    feeds = feeds_of(parsed, binary, model, limits.max_values, limits.max_rank)
+    outputs = model.run(feeds)
+    _served().answered(route, "/v2/infer", feeds, outputs)
+    response = respond(parsed, model, outputs)
+    response.headers["X-Model"] = model.tag
+    return response
