@@ -49,6 +49,7 @@ UNIT_FILES = {
     "test_edge_units.py",
     "test_patches.py",
     "test_layout.py",
+    "test_edge_middleware.py",
 }
 SYSTEM_FILES = {"test_image.py", "test_spark.py", "test_replicas.py"}
 
