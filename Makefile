@@ -56,7 +56,7 @@ lock-check: venv
 
 # CycloneDX JSON SBOM of the Python packages inside an image (make image writes one beside
 # every image it builds, in dist/images/); IMAGE=... for another.
-IMAGE ?= onnx_model:latest
+IMAGE ?= onnx-serving:latest
 sbom: venv
 	bash scripts/sbom.sh $(IMAGE) reports/sbom.cdx.json
 
@@ -80,7 +80,7 @@ model: serving
 	$(BIN)/python train_and_save.py --if-missing
 
 serve: model
-	$(BIN)/bentoml serve service:OnnxModelService --port $(PORT)
+	$(BIN)/bentoml serve service:OnnxServing --port $(PORT)
 
 # The documentation site from docs/ into site/; warnings (a broken link, say) are errors.
 docs: venv

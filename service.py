@@ -45,16 +45,16 @@ BatchedRequest = START.batched_request
 
 @bentoml.asgi_app(plain_routes, path="/")
 @bentoml.service(
-    name="onnx_model",
+    name="onnx-serving",
     workers=START.settings.workers,
     traffic={"timeout": 300},
     # Per-request access log lines and spans cost more than the model (docs: Performance).
     logging={"access": {"enabled": START.settings.access_log}},
     # Patterns matched anywhere in the URL: every /predict* route and V2's .../infer.
     tracing={"excluded_urls": [] if START.settings.trace_predictions else ["/predict", "/infer"]},
-    labels={"project": "onnx-bento-service"},
+    labels={"project": "onnx-serving"},
 )
-class OnnxModelService:
+class OnnxServing:
     # A class attribute, so that `bentoml build` packs the (first) model into the bento.
     model_ref = bentoml.models.BentoModel(str(START.stored[0].tag))
 
@@ -162,4 +162,4 @@ def refused(exc: ServingError, ctx: bentoml.Context) -> Any:
 
 
 for middleware, options in edge(START.settings):
-    OnnxModelService.add_asgi_middleware(middleware, **options)
+    OnnxServing.add_asgi_middleware(middleware, **options)

@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=env.get("BENCH_CASES") or CASES,
         help=f"what to add to each model's /predict and /predict_batched runs: {CASES}",
     )
-    p.add_argument("--service", default="service:OnnxModelService", help="bentoml serve target")
+    p.add_argument("--service", default="service:OnnxServing", help="bentoml serve target")
     p.add_argument("--working-dir", type=Path, default=ROOT, help="where --service lives")
     p.add_argument("--env", action="append", default=[], metavar="K=V", help="service env")
     p.add_argument("--label", default="", help="added to the JSON file name")

@@ -59,7 +59,7 @@ def start_bentoml(
     log_dir: Path,
     cpus: set[int],
     env: dict[str, str],
-    service: str = "service:OnnxModelService",
+    service: str = "service:OnnxServing",
     working_dir: Path = ROOT,
 ) -> Server:
     """`bentoml serve` of `service` with `env` (MODEL_NAME, WORKERS, ...), ready."""

@@ -85,7 +85,7 @@ else
   # prometheus_multiproc_dir at start, which would wipe a running `make serve`'s /metrics.
   mkdir -p "$REPORT_DIR/bentoml-home"
   ln -sfn "$(cd "$BENTOML_HOME/models" && pwd)" "$REPORT_DIR/bentoml-home/models"
-  BENTOML_HOME="$REPORT_DIR/bentoml-home" "$BIN/bentoml" serve service:OnnxModelService \
+  BENTOML_HOME="$REPORT_DIR/bentoml-home" "$BIN/bentoml" serve service:OnnxServing \
     --host 127.0.0.1 --port "$port" > "$REPORT_DIR/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 120); do

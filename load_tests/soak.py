@@ -93,7 +93,7 @@ def main() -> int:
     server = None
     if args.url is None:
         port = free_port()
-        cmd = [str(ROOT / ".venv/bin/bentoml"), "serve", "service:OnnxModelService"]
+        cmd = [str(ROOT / ".venv/bin/bentoml"), "serve", "service:OnnxServing"]
         cmd += ["--host", "127.0.0.1", "--port", str(port)]
         # The project's models (or BENTOML_HOME's), in a home of its own: `bentoml serve`
         # empties its home's prometheus_multiproc_dir, a running `make serve`'s /metrics too.

@@ -5,7 +5,7 @@
 #   OFFLINE=1 bash scripts/build_image.sh  # base built from Debian's packages, no registry
 #   FORCE=1 ...                            # rebuild even if the image tag already exists
 #
-# Tags: onnx_model:<project version>-<content hash> (immutable) and onnx_model:latest.
+# Tags: onnx-serving:<project version>-<content hash> (immutable) and onnx-serving:latest.
 # The content hash covers every file the bento takes, the effective bentofile, the
 # Dockerfile template, the model tag and SHA-256, the base image and the git revision the
 # image is labelled with: different code, model, base or commit never share a tag, and
@@ -108,7 +108,7 @@ for key, value in values.items():
     print(f"{key}={shlex.quote(value)}")
 PY
 )"
-NAME=onnx_model
+NAME=onnx-serving
 IMAGE=$NAME:$BENTO_VERSION
 # Shipped beside each image: the CycloneDX SBOM of its Python packages.
 SBOM=$ROOT/dist/images/$NAME-$BENTO_VERSION.sbom.cdx.json
@@ -143,9 +143,9 @@ created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
         --opt "label=org.opencontainers.image.version=$PROJECT_VERSION" \
         --opt "label=org.opencontainers.image.revision=$GIT_REVISION" \
         --opt "label=org.opencontainers.image.created=$created" \
-        --opt "label=onnx-bento-service.bento=$IMAGE" \
-        --opt "label=onnx-bento-service.model.tag=$MODEL_TAG" \
-        --opt "label=onnx-bento-service.model.sha256=$MODEL_SHA256"
+        --opt "label=onnx-serving.bento=$IMAGE" \
+        --opt "label=onnx-serving.model.tag=$MODEL_TAG" \
+        --opt "label=onnx-serving.model.sha256=$MODEL_SHA256"
 ) >"$WORK/containerize.log" 2>&1 || {
     tail -n 60 "$WORK/containerize.log" >&2
     [ "${OFFLINE:-0}" = 1 ] || log "no registry reachable for python:3.11-slim? try: make image OFFLINE=1"

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# `make run-image`: run the newest image (onnx_model:latest, or IMAGE=...) in the background
-# as container onnx-model-service (replacing an earlier one) with --network host on $PORT
+# `make run-image`: run the newest image (onnx-serving:latest, or IMAGE=...) in the background
+# as container onnx-serving-service (replacing an earlier one) with --network host on $PORT
 # (default 3000), bound to $BIND_HOST (default 127.0.0.1); wait for /readyz and say how to call
 # and stop it.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PORT=${PORT:-3000}
-IMAGE=${IMAGE:-onnx_model:latest}
-NAME=onnx-model-service
+IMAGE=${IMAGE:-onnx-serving:latest}
+NAME=onnx-serving-service
 TIMEOUT=${READY_TIMEOUT:-60}
 
 bash "$ROOT/scripts/docker_engine.sh" >&2
@@ -42,7 +42,7 @@ until ready "$url/readyz"; do
 done
 ready=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
 cat <<MSG
-$IMAGE ($(docker image inspect -f '{{index .Config.Labels "onnx-bento-service.bento"}}' "$IMAGE")) is ready on $url after ${ready} s (container $NAME).
+$IMAGE ($(docker image inspect -f '{{index .Config.Labels "onnx-serving.bento"}}' "$IMAGE")) is ready on $url after ${ready} s (container $NAME).
 Call it:
   curl -s -X POST $url/predict -H 'Content-Type: application/json' -d '{"x": [1.0, 2.0, 3.5]}'
   curl -s $url/metadata

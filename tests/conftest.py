@@ -79,7 +79,7 @@ class BentoServer(ServerProcess):
         own_home = log.parent / f"bentoml-home-{port}"
         own_home.mkdir(parents=True)
         (own_home / "models").symlink_to((home / "models").resolve())
-        cmd = [str(BIN / "bentoml"), "serve", "service:OnnxModelService"]
+        cmd = [str(BIN / "bentoml"), "serve", "service:OnnxServing"]
         cmd += ["--host", "127.0.0.1", "--port", str(port)]
         env = {"BENTOML_HOME": str(own_home), "BENTOML_DO_NOT_TRACK": "true", **env}
         super().__init__("bentoml serve", cmd, port, env, log, ROOT)

@@ -65,7 +65,7 @@ def image_env() -> dict[str, str]:
 
 @dataclass
 class BuiltImage:
-    ref: str  # the immutable tag, onnx_model:<project version>-<content hash>
+    ref: str  # the immutable tag, onnx-serving:<project version>-<content hash>
     tags: list[str]
     build_seconds: float
 
@@ -76,7 +76,7 @@ class Container:
 
     image: str
     port: int = field(default_factory=free_port)
-    name: str = field(default_factory=lambda: f"onnx-model-test-{uuid.uuid4().hex[:8]}")
+    name: str = field(default_factory=lambda: f"onnx-serving-test-{uuid.uuid4().hex[:8]}")
     ready_seconds: float | None = None
     run_args: list[str] = field(default_factory=list)  # more `docker run` options
 

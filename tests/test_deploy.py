@@ -45,7 +45,7 @@ def test_every_rendered_resource_is_valid(
 def test_the_validation_fails_on_what_it_should(rendered: dict[str, list[dict[str, Any]]]) -> None:
     """The wrapper turns each kind of mistake into an error: an unknown field (strict), a wrong
     type, and an apiVersion no schema knows (kubernetes-validate's CLI exits 0 on that)."""
-    deployment = one(rendered["overlays/prod"], "Deployment", "onnx-model")
+    deployment = one(rendered["overlays/prod"], "Deployment", "onnx-serving")
     typo = copy.deepcopy(deployment)
     typo["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = {}
     wrong_type = copy.deepcopy(deployment)
@@ -70,7 +70,7 @@ def test_selectors_probes_ports_and_targets_agree(
 ) -> None:
     docs = rendered[overlay]
     deployments = [d for d in docs if d["kind"] == "Deployment"]
-    service = one(docs, "Service", "onnx-model")
+    service = one(docs, "Service", "onnx-serving")
     for deployment in deployments:
         labels = pod_labels(deployment)
         assert selects(deployment["spec"]["selector"]["matchLabels"], labels)
@@ -83,25 +83,25 @@ def test_selectors_probes_ports_and_targets_agree(
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
         assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
         image, _, tag = container["image"].rpartition(":")
-        assert image.endswith("onnx_model") and IMMUTABLE_TAG.match(tag), container["image"]
+        assert image.endswith("onnx-serving") and IMMUTABLE_TAG.match(tag), container["image"]
     # Stable and canary Deployments never select each other's pods.
     for a in deployments:
         for b in deployments:
             if a is not b:
                 assert not selects(a["spec"]["selector"]["matchLabels"], pod_labels(b))
     assert service["spec"]["ports"][0]["targetPort"] == "http"
-    stable = one(docs, "Deployment", "onnx-model")
-    hpa = one(docs, "HorizontalPodAutoscaler", "onnx-model")
+    stable = one(docs, "Deployment", "onnx-serving")
+    hpa = one(docs, "HorizontalPodAutoscaler", "onnx-serving")
     assert hpa["spec"]["scaleTargetRef"] == {
-        "apiVersion": "apps/v1", "kind": "Deployment", "name": "onnx-model"
+        "apiVersion": "apps/v1", "kind": "Deployment", "name": "onnx-serving"
     }  # fmt: skip
     assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
-    pdb = one(docs, "PodDisruptionBudget", "onnx-model")
+    pdb = one(docs, "PodDisruptionBudget", "onnx-serving")
     assert selects(pdb["spec"]["selector"]["matchLabels"], pod_labels(stable))
-    policy = one(docs, "NetworkPolicy", "onnx-model")
+    policy = one(docs, "NetworkPolicy", "onnx-serving")
     assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels(stable))
     assert policy["spec"]["ingress"][0]["ports"][0]["port"] == "http"
-    monitor = one(docs, "ServiceMonitor", "onnx-model")
+    monitor = one(docs, "ServiceMonitor", "onnx-serving")
     assert selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
@@ -112,7 +112,7 @@ def test_selectors_probes_ports_and_targets_agree(
 
 def test_the_stop_fits_in_the_grace_period(rendered: dict[str, list[dict[str, Any]]]) -> None:
     """preStop's pause, then SIGTERM: the drain and the last answers finish before SIGKILL."""
-    deployment = one(rendered["overlays/prod"], "Deployment", "onnx-model")
+    deployment = one(rendered["overlays/prod"], "Deployment", "onnx-serving")
     container = service_container(deployment)
     pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     env = {e["name"]: float(e["value"]) for e in container["env"] if e["name"].startswith("DRAIN")}
@@ -124,7 +124,7 @@ def test_the_stop_fits_in_the_grace_period(rendered: dict[str, list[dict[str, An
 
 def test_the_pod_runs_restricted(rendered: dict[str, list[dict[str, Any]]]) -> None:
     """The restricted Pod Security Standard's requirements, and the image's own user."""
-    deployment = one(rendered["overlays/prod"], "Deployment", "onnx-model")
+    deployment = one(rendered["overlays/prod"], "Deployment", "onnx-serving")
     pod = deployment["spec"]["template"]["spec"]
     container = service_container(deployment)
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -141,8 +141,8 @@ def test_the_pod_runs_restricted(rendered: dict[str, list[dict[str, Any]]]) -> N
 
 def test_the_canary_is_one_pod_of_another_tag(rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["overlays/canary"]
-    stable = service_container(one(docs, "Deployment", "onnx-model"))["image"]
-    canary = one(docs, "Deployment", "onnx-model-canary")
+    stable = service_container(one(docs, "Deployment", "onnx-serving"))["image"]
+    canary = one(docs, "Deployment", "onnx-serving-canary")
     assert canary["spec"]["replicas"] == 1
     assert service_container(canary)["image"] != stable
     assert pod_labels(canary)["track"] == "canary"
@@ -155,7 +155,7 @@ def test_the_load_test_runs_the_projects_locustfile(
     master = one(docs, "Job", "locust-master")["spec"]["template"]["spec"]["containers"][0]
     worker = one(docs, "Job", "locust-worker")["spec"]["template"]["spec"]["containers"][0]
     service = one(docs, "Service", "locust-master")
-    assert "--master" in master["args"] and "--host=http://onnx-model" in master["args"]
+    assert "--master" in master["args"] and "--host=http://onnx-serving" in master["args"]
     assert f"--master-host={service['metadata']['name']}" in worker["args"]
     assert service["spec"]["ports"][0]["port"] == 5557
     assert (ROOT / "load_tests" / "Dockerfile").read_text().count("COPY load_tests/") == 1
@@ -190,7 +190,7 @@ def test_compose_file_is_valid(
     )  # fmt: skip
     assert schema.returncode == 0, schema.stdout + schema.stderr
     service = config["services"]["service"]
-    deployment = one(rendered["overlays/prod"], "Deployment", "onnx-model")
+    deployment = one(rendered["overlays/prod"], "Deployment", "onnx-serving")
     run_args = docker_run_args(deployment)
     assert service["user"] == run_args[1] and service["read_only"] is True
     assert service["cap_drop"] == ["ALL"]

@@ -231,4 +231,4 @@ def test_a_model_that_cannot_run_stops_serve_once_with_the_reason(tmp_path: Path
     log = str(info.value)
     assert "broken:v1 loads, but fails on the smallest input it declares ({'a': [1, 2]})" in log
     # Refused in `bentoml serve` itself: no worker was started, let alone restarted.
-    assert "Service onnx_model initialized" not in server.log_path.read_text()
+    assert "Service onnx-serving initialized" not in server.log_path.read_text()

@@ -657,7 +657,7 @@ def test_known_start_up_failures_are_one_line(
         env = {**env, "ROUTING_FILE": str(tmp_path / "routing.yaml")}
     bentoml = Path(sys.executable).parent / "bentoml"
     result = subprocess.run(
-        [str(bentoml), "serve", "service:OnnxModelService", "--port", "1"],
+        [str(bentoml), "serve", "service:OnnxServing", "--port", "1"],
         cwd=ROOT,
         env={**os.environ, "BENTOML_HOME": str(model_home), **env},
         capture_output=True,

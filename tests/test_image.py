@@ -43,7 +43,7 @@ def labels(ref: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("route", ["/predict", "/predict_batched"])
 def test_predict(http: httpx.Client, route: str, built_image: BuiltImage) -> None:
-    check_predict(http, route, labels(built_image.ref)["onnx-bento-service.model.tag"])
+    check_predict(http, route, labels(built_image.ref)["onnx-serving.model.tag"])
 
 
 def test_bad_input_is_a_400_with_reason(http: httpx.Client) -> None:
@@ -59,8 +59,8 @@ def test_predict_file(http: httpx.Client) -> None:
 def test_metadata_is_the_labelled_model(http: httpx.Client, built_image: BuiltImage) -> None:
     meta = http.get("/metadata").json()
     image_labels = labels(built_image.ref)
-    assert meta["tag"] == image_labels["onnx-bento-service.model.tag"]
-    assert meta["sha256"] == image_labels["onnx-bento-service.model.sha256"]
+    assert meta["tag"] == image_labels["onnx-serving.model.tag"]
+    assert meta["sha256"] == image_labels["onnx-serving.model.sha256"]
     assert meta["signature"]["inputs"][0]["dtype"] == "tensor(float)"
 
 
@@ -80,17 +80,17 @@ def test_tags_and_labels(built_image: BuiltImage) -> None:
     with open(ROOT / "pyproject.toml", "rb") as f:
         version = tomllib.load(f)["project"]["version"]
     # Immutable tag: project version + content hash; plus the moving `latest`.
-    assert re.fullmatch(rf"onnx_model:{re.escape(version)}-[0-9a-f]{{12}}", built_image.ref)
-    assert {built_image.ref, "onnx_model:latest"} <= set(built_image.tags)
+    assert re.fullmatch(rf"onnx-serving:{re.escape(version)}-[0-9a-f]{{12}}", built_image.ref)
+    assert {built_image.ref, "onnx-serving:latest"} <= set(built_image.tags)
     got = labels(built_image.ref)
     assert got["org.opencontainers.image.version"] == version
     revision = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
     assert got["org.opencontainers.image.revision"].removesuffix("-dirty") == revision
-    assert got["onnx-bento-service.bento"] == built_image.ref
-    assert re.fullmatch(r"[0-9a-f]{64}", got["onnx-bento-service.model.sha256"])
-    assert got["onnx-bento-service.model.tag"].startswith("linear-2x:")
+    assert got["onnx-serving.bento"] == built_image.ref
+    assert re.fullmatch(r"[0-9a-f]{64}", got["onnx-serving.model.sha256"])
+    assert got["onnx-serving.model.tag"].startswith("linear-2x:")
 
 
 def test_healthcheck_probes_readyz(image_container: Container) -> None:

@@ -77,7 +77,7 @@ def watched(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             f"rule_files: [{DEPLOY / 'prometheus' / 'alerts.yml'}]\n"
             "scrape_configs:\n"
-            "  - job_name: onnx-model\n"
+            "  - job_name: onnx-serving\n"
             f"    static_configs: [{{targets: ['127.0.0.1:{server.port}']}}]\n"
         )
         cmd = ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",

@@ -36,7 +36,7 @@ PAUSE_S = 2.0
 
 @pytest.fixture(scope="module")
 def deployment() -> dict[str, Any]:
-    return one(render("overlays/prod"), "Deployment", "onnx-model")
+    return one(render("overlays/prod"), "Deployment", "onnx-serving")
 
 
 @pytest.fixture

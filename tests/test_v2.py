@@ -72,7 +72,7 @@ def test_health_bodies_are_what_kserve_reads(server_url: str, demo_tag: str) -> 
     assert httpx.get(f"{server_url}/v2/health/ready").json() == {"ready": True}
     assert httpx.get(f"{server_url}/v2/models/{name}/ready").json() == {"name": name, "ready": True}
     server = httpx.get(f"{server_url}/v2").json()
-    assert server["name"] == "onnx-bento-service" and "binary_tensor_data" in server["extensions"]
+    assert server["name"] == "onnx-serving" and "binary_tensor_data" in server["extensions"]
 
 
 def test_demo_model_over_v2_is_exactly_2x(server_url: str, demo_tag: str) -> None:

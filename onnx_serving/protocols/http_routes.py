@@ -25,7 +25,7 @@ from onnx_serving.protocols import images, v2
 from onnx_serving.protocols.native import check_feeds
 
 # BentoML serves the documentation (/ and /docs.json); this app only lends it its paths.
-app = FastAPI(title="onnx_model routes", openapi_url=None, docs_url=None, redoc_url=None)
+app = FastAPI(title="onnx-serving routes", openapi_url=None, docs_url=None, redoc_url=None)
 app.include_router(v2.router)
 
 

@@ -86,7 +86,7 @@ async def server_metadata() -> dict[str, Any]:
     # The bento's version inside an image; a plain `bentoml serve` has none.
     version = server_context.bento_version
     version = "dev" if not version or version == "not available" else version
-    return {"name": "onnx-bento-service", "version": version, "extensions": ["binary_tensor_data"]}
+    return {"name": "onnx-serving", "version": version, "extensions": ["binary_tensor_data"]}
 
 
 @router.get("/health/live", summary="Server liveness")
