@@ -6,6 +6,7 @@ Fixtures come from tests/image_support.py; the image is built once per run.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -23,8 +24,9 @@ pytestmark = pytest.mark.image
 # the test only catches a start that hangs or loops (the best run must be under 10 s).
 COLD_START_LIMIT_S = 10.0
 STOP_LIMIT_S = 5.0
-# 343 MB before Pillow (22 MB, image uploads) and FastAPI (2 MB, the V2 routes) came in.
-SIZE_LIMIT_MB = 375
+# The target (issue 21): under 350 MB. 354 MB before ONNX Runtime's offline tools (9 MB) left
+# the image; 346 MB after.
+SIZE_LIMIT_MB = 350
 COLD_RUNS = 3
 
 
@@ -172,7 +174,11 @@ def short_runs(built_image: BuiltImage) -> list[tuple[float, float, int]]:
             runs.append((container.ready_seconds, stopped, container.state()["ExitCode"]))
         finally:
             container.remove()
-    FIGURES["cold start (docker run -> /readyz 200)"] = median_seconds([r[0] for r in runs])
+    # The machine's load moves cold start most: printed beside it.
+    load = f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    FIGURES["cold start (docker run -> /readyz 200)"] = (
+        f"{median_seconds([r[0] for r in runs])}; {load}"
+    )
     FIGURES["docker stop (SIGTERM -> exited)"] = median_seconds([r[1] for r in runs])
     return runs
 
