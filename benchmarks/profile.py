@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             print_table(model, measured, base)
     path = args.out / f"profile-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2))
-    print(f"\nwritten: {path.relative_to(ROOT)}")
+    print(f"\nwritten: {path}")
     return 0
 
 

@@ -64,3 +64,29 @@ def test_bench_smoke(model_home: Path, tmp_path: Path) -> None:
     )
     assert {t["status"] for t in report["targets"]} <= {"PASS", "MISS", "n/a"}
     assert report["targets"], report
+
+
+def test_the_profile_runs_and_splits_every_request_s_cpu(model_home: Path, tmp_path: Path) -> None:
+    """`make bench-profile`'s tool, one second per server: both servers profiled, their
+    layers' shares adding up to the whole, the model's own layer among them."""
+    env = {**os.environ, "BENTOML_HOME": str(model_home), "BENTOML_DO_NOT_TRACK": "true"}
+    cmd = [".venv/bin/python", "-m", "benchmarks.profile", "--models", "linear-2x"]
+    result = subprocess.run(
+        [*cmd, "--duration", "1", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "(service/baseline" in result.stdout and "BentoML app" in result.stdout
+    (path,) = tmp_path.glob("profile-*.json")
+    report = json.loads(path.read_text())["linear-2x"]
+    for side in ("service", "baseline"):
+        measured = report[side]
+        assert measured["req_s"] > 0 and measured["cpu_us_per_request"] > 0, measured
+        shares = [layer["share"] for layer in measured["layers"].values()]
+        assert abs(sum(shares) - 1) < 1e-6, measured
+    assert "model: ONNX Runtime" in report["service"]["layers"]
+    assert (tmp_path / "linear-2x-service.raw").stat().st_size > 0
