@@ -35,7 +35,7 @@ from onnx_serving.model.runner import ModelRunner
 from onnx_serving.protocols.files import FileRequest, predict_file
 from onnx_serving.protocols.http_routes import app as plain_routes
 from onnx_serving.protocols.native import responder
-from onnx_serving.startup import edge, prepare
+from onnx_serving.startup import Steps, edge, prepare
 from onnx_serving.versions.served import Versions
 
 START = prepare()
@@ -61,10 +61,12 @@ class OnnxServing:
     def __init__(self) -> None:
         # The versions were verified at import; loading and warm-up finish before /readyz
         # turns 200.
+        steps = Steps("imports and prepare()")
         self.runner = ModelRunner(START.settings)
         for stored in START.stored:
             loaded = self.runner.load(stored, START.signature)
             loaded.info["batching"] = START.batching.metadata()
+        steps.done("model loaded and warmed up")
         respond = functools.partial(responder, model=PredictResponse)
         self.versions = Versions(self.runner, START.routing, respond)
         # Everything alive now (BentoML, pydantic, ONNX Runtime...) lives as long as the
@@ -72,6 +74,8 @@ class OnnxServing:
         # worker for ~150 ms every few seconds under load, for nothing to collect.
         gc.collect()
         gc.freeze()
+        steps.done("gc.freeze")
+        steps.log("ready to serve")
 
     @bentoml.on_startup
     async def start_worker_tasks(self) -> None:

@@ -9,6 +9,8 @@ at start and being restarted forever.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +35,8 @@ from onnx_serving.protocols.native import request_model, response_model
 from onnx_serving.protocols.openapi import CompleteDocs
 from onnx_serving.versions.router import Router, RoutingError
 
+logger = logging.getLogger("bentoml.onnx_serving.startup")
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -47,18 +51,22 @@ class Prepared:
 
 
 def prepare() -> Prepared:
+    steps = Steps()
     _patches.install()
     install_log_filters()
+    steps.done("patches")
     try:
         config = settings()
         refs = [t.strip() for t in config.model_tags.split(",") if t.strip()]
         stored, signature = model_store.get_verified_set(refs or [config.model_ref])
         routing = Router.from_settings([str(s.tag) for s in stored], config.routing_file)
+        steps.done("versions verified (SHA-256)")
         if bentoml.server_context.worker_index is None:
             # Not a worker: `bentoml serve` itself (or `bentoml build`). A model that can't
             # run would fail every worker at start: try it here, once.
             for version in stored:
                 ModelRunner(config).load(version, signature)
+            steps.done("trial run")
     except (
         model_store.ModelNotFound,
         model_store.ModelIntegrityError,
@@ -68,7 +76,7 @@ def prepare() -> Prepared:
     ) as exc:
         raise SystemExit(f"error: {exc}") from None
     batching = resolve(stored[0].info.metadata, config.batch_max_size, config.batch_max_latency_ms)
-    return Prepared(
+    prepared = Prepared(
         settings=config,
         stored=stored,
         signature=signature,
@@ -80,6 +88,32 @@ def prepare() -> Prepared:
         ),
         predict_response=response_model(signature),
     )
+    steps.done("request models")
+    steps.log("prepared")
+    return prepared
+
+
+class Steps:
+    """What each start-up step took, logged as one line: cold start's figures come from it
+    (the image test prints them). The first figure is the process's age when the steps
+    began (`before`: Python, BentoML and the service's imports, for prepare())."""
+
+    def __init__(self, before: str = "imports") -> None:
+        import psutil
+
+        self.started = time.perf_counter()
+        self.taken = [(before, time.time() - psutil.Process().create_time())]
+
+    def done(self, step: str) -> None:
+        now = time.perf_counter()
+        self.taken.append((step, now - self.started))
+        self.started = now
+
+    def log(self, what: str) -> None:
+        where = bentoml.server_context.worker_index
+        who = "serve process" if where is None else f"worker {where}"
+        figures = ", ".join(f"{step} {seconds:.2f} s" for step, seconds in self.taken)
+        logger.info("start-up (%s): %s: %s", who, what, figures)
 
 
 def edge(config: Settings) -> list[tuple[type, dict[str, Any]]]:

@@ -172,6 +172,14 @@ def short_runs(built_image: BuiltImage) -> list[tuple[float, float, int]]:
             stopped = time.monotonic() - started
             assert container.ready_seconds is not None
             runs.append((container.ready_seconds, stopped, container.state()["ExitCode"]))
+            if len(runs) == 1:  # what each start-up step took (the service logs it)
+                steps = [
+                    line.split("start-up ", 1)[1]
+                    for line in container.logs().splitlines()
+                    if "start-up (" in line
+                ]
+                assert any("ready to serve" in step for step in steps), container.logs()
+                FIGURES["cold start steps (first run)"] = "\n  " + "\n  ".join(steps)
         finally:
             container.remove()
     # The machine's load moves cold start most: printed beside it.
