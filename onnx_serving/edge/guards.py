@@ -112,11 +112,15 @@ class BodyBudget:
             f"the body is larger than {errors.safe(path)} takes: at most {limit:,} bytes "
             f"({setting})"
         )
-        if length is not None and length.isdigit() and int(length) > limit:
-            return await reply(send, 413, too_large, "body_too_large")
-        if not counted and length is not None and length.isdigit():
-            # The HTTP server reads no more than Content-Length says: nothing to count.
-            return await self.app(scope, receive, send)
+        if length is not None and length.isdigit():
+            size = int(length)
+            if size > limit:
+                return await reply(send, 413, too_large, "body_too_large")
+            # The HTTP server reads no more than Content-Length says, and a body of `size`
+            # bytes holds at most `size` values, arrays and members, and size / 3 names
+            # (`"":`): within both budgets there is nothing to count.
+            if not counted or size <= min(self.budget, 3 * JSON_MEMBERS):
+                return await self.app(scope, receive, send)
         json_bytes = 1 << 62
         if counted and (head := header(scope, b"inference-header-content-length")):
             json_bytes = int(head) if head.isdigit() else 0  # V2: its JSON header only

@@ -33,6 +33,7 @@ class Versions:
         self.runner, self.router = runner, router
         self.respond = {tag: responder(m.signature, tag) for tag, m in runner.models.items()}
         self.shadow = Shadow()
+        self._counters: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def choose(self, headers: Any, client: str | None) -> tuple[LoadedModel, Route]:
         """The model for a request: `X-Model-Version`, else the canary by `X-Request-Key`
@@ -50,8 +51,17 @@ class Versions:
         return self.runner.models[route.tag], route
 
     def count(self, route: Route, endpoint: str, rows: int) -> None:
-        metrics.PREDICTIONS.labels(version=route.tag, endpoint=endpoint, route=route.how).inc()
-        metrics.ROWS.labels(version=route.tag, endpoint=endpoint).inc(rows)
+        # The labelled counters are looked up once per (version, endpoint, route) and kept:
+        # prometheus_client's labels() checks and joins its arguments on every call.
+        key = (route.tag, endpoint, route.how)
+        counters = self._counters.get(key)
+        if counters is None:
+            counters = self._counters[key] = (
+                metrics.PREDICTIONS.labels(version=route.tag, endpoint=endpoint, route=route.how),
+                metrics.ROWS.labels(version=route.tag, endpoint=endpoint),
+            )
+        counters[0].inc()
+        counters[1].inc(rows)
 
     def copy_to_shadow(self, route: Route, feeds: Feeds, outputs: dict[str, np.ndarray]) -> None:
         """A copy of what the default answered, for the shadow version, if there is one."""
