@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["loadavg_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     meta["minutes"] = round((time.monotonic() - started) / 60, 1)
     add_ratios(results.rows, results.limits)
-    checks = targets(results.rows, results.limits, results.batching, plan.file_rows)
+    checks = targets(results.rows, results.limits, results.batching, plan.file_rows, results.paired)
     models_info = {
         m: {
             "about": MODELS[m][1],
@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "meta": meta,
         "limits": limits,
         "batching": results.batching,
+        "paired": results.paired,
         "rows": records,
         "targets": checks,
     }

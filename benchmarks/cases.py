@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import statistics
 import subprocess
 import threading
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ MODELS = {
 # a worker serves at 64 clients, where one worker queues past its 25 ms target and would
 # refuse some. Overload is measured by SHAPE=overload make load-test.
 BENCH_ENV = {"WORKERS": "1", "MAX_QUEUE_MS": "1000"}
+# Alternating rounds of the service against the baseline (Runner.paired).
+PAIRED_ROUNDS = 3
 
 
 @dataclass
@@ -62,6 +65,7 @@ class Results:
     rows: list[Row]
     limits: dict[str, dict]
     batching: dict[str, dict]
+    paired: dict[str, list[float]] = field(default_factory=dict)
 
 
 def import_bench_models(models: list[str]) -> None:
@@ -155,11 +159,32 @@ class Runner:
                          features=features)  # fmt: skip
             if model == DEMO:
                 self.demo_extras(srv)
-        if "baseline" in plan.cases:
-            base = start_baseline(f"baseline-{model}", self.log_dir, model, [])
-            with running(self.servers, base):
-                for c in plan.conns:
-                    self.wrk(base, model, "baseline FastAPI", "/predict", one, c, features=features)
+            if "baseline" in plan.cases:
+                base = start_baseline(f"baseline-{model}", self.log_dir, model, [])
+                with running(self.servers, base):
+                    for c in plan.conns:
+                        self.wrk(base, model, "baseline FastAPI", "/predict", one, c,
+                                 features=features)  # fmt: skip
+                    self.paired(srv, base, model, one, features)
+
+    def paired(self, srv: Server, base: Server, model: str, body: Path, features: int) -> None:
+        """The service's /predict against the baseline's at 16 clients, in alternating rounds
+        (service, baseline, service, ...): the machine's moods fall on both, and each round
+        gives one ratio. The median and the spread judge the targets."""
+        rounds = 1 if self.plan.smoke else PAIRED_ROUNDS
+        ratios = []
+        for _ in range(rounds):
+            ours = self.wrk(srv, model, "/predict, paired", "/predict", body, 16,
+                            features=features)  # fmt: skip
+            theirs = self.wrk(base, model, "baseline FastAPI, paired", "/predict", body, 16,
+                              features=features)  # fmt: skip
+            ratios.append(ours.rps / theirs.rps if theirs.rps else 0.0)
+        self.results.paired[model] = ratios
+        print(
+            f"  {model} /predict c=16 against the baseline, {rounds} alternating round(s): "
+            f"{statistics.median(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)})",
+            flush=True,
+        )
 
     # --- the demo model: large requests, binary, V2, files --------------------------------
 

@@ -100,6 +100,8 @@ def add_ratios(rows: list[Row], limits: dict[str, dict]) -> None:
         lim = limits.get(r.model, {}).get("json", {}).get(body)
         if lim and r.conns:
             r.x_limit = r.rows_per_s / (lim["calls_per_s"] * r.rows_per_req)
+        if r.case.startswith("baseline"):
+            continue
         base = find(rows, r.model, "baseline FastAPI", r.conns, r.rows_per_req, r.tool)
         if base is not None and base.rows_per_s and r.conns and r is not base:
             r.x_baseline = r.rows_per_s / base.rows_per_s

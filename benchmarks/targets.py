@@ -10,8 +10,17 @@ from benchmarks.report import Row, find
 DEMO, MLP, FOREST = "linear-2x", "bench-mlp", "bench-forest"
 
 
+# /predict at 16 clients against the FastAPI baseline, judged on the median of alternating
+# rounds (Runner.paired), with their spread (issue 21's targets).
+PAIRED_TARGETS = {DEMO: 1.0, FOREST: 1.0, MLP: 1.2}
+
+
 def targets(
-    rows: list[Row], limits: dict[str, dict], batching: dict[str, dict], file_rows: int
+    rows: list[Row],
+    limits: dict[str, dict],
+    batching: dict[str, dict],
+    file_rows: int,
+    paired: dict[str, list[float]] | None = None,
 ) -> list[dict]:
     out: list[dict] = []
 
@@ -95,15 +104,17 @@ def targets(
             f"({100 * v2.rows_per_s / raw.rows_per_s:.0f}%)",
         )
 
-    # From the first performance issue: the JSON route against a hand-written FastAPI app.
-    pred16, base16 = find(rows, DEMO, "/predict", 16), find(rows, DEMO, "baseline FastAPI", 16)
-    if pred16 and base16:
-        ratio = pred16.rps / base16.rps
-        check(
-            "demo /predict c=16 >= 1.5x the FastAPI baseline's req/s",
-            ratio >= 1.5,
-            f"{ratio:.2f}x ({pred16.rps:,.0f} vs {base16.rps:,.0f} req/s)",
-        )
+    # The JSON route against a hand-written FastAPI app, per core (one worker each).
+    for model, want in PAIRED_TARGETS.items():
+        ratios = (paired or {}).get(model)
+        if ratios:
+            median = statistics.median(ratios)
+            check(
+                f"{model} /predict c=16 >= {want:.1f}x the FastAPI baseline's req/s "
+                f"(median of {len(ratios)} alternating rounds)",
+                median >= want,
+                f"{median:.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)})",
+            )
     batched = [r for r in rows if r.case.startswith("/predict_batched")]
     if batched:
         errs = sum(r.errors for r in batched)

@@ -58,6 +58,12 @@ def test_bench_smoke(model_home: Path, tmp_path: Path) -> None:
         assert row["server_cpu"] > 0 and row["loadgen_cpu"] > 0, row
         assert row["x_limit"] is not None, row
     assert rows[("/predict", "wrk", 1)]["x_baseline"] is not None
+    # The service against the baseline in alternating rounds (one round in a smoke run),
+    # judged by its target.
+    (ratio,) = report["paired"]["linear-2x"]
+    assert ratio > 0
+    judged = [t for t in report["targets"] if "alternating rounds" in t["target"]]
+    assert [t["status"] for t in judged] in (["PASS"], ["MISS"]), report["targets"]
     (file_row,) = [r for r in report["rows"] if r["case"].startswith("/predict_file")]
     assert (
         file_row["errors"] == 0 and file_row["extra"]["rows_returned"] == file_row["extra"]["rows"]
