@@ -208,6 +208,23 @@ def test_cli_help_names_the_command() -> None:
     assert out.returncode == 0 and "--chunk-rows" in out.stdout
 
 
+def test_without_the_client_extra_the_command_says_what_to_install(tmp_path: Path) -> None:
+    """tqdm is the client extra's, not serving's: `make serve`'s venv lacks it."""
+    (tmp_path / "in.csv").write_text("x\n1\n")
+    script = (
+        "import sys; sys.modules['tqdm'] = None; "  # as if it were not installed
+        "from onnx_serving.__main__ import main; "
+        f"sys.exit(main(['predict-file', {str(tmp_path / 'in.csv')!r}, "
+        f"{str(tmp_path / 'out.csv')!r}]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert out.returncode == 2, out.stderr
+    assert "needs tqdm: pip install -e '.[client]' (make venv installs it)" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_a_url_where_nothing_listens_fails_in_seconds(tmp_path: Path) -> None:
     from harness.local_server import free_port
 
