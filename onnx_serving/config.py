@@ -2,7 +2,7 @@
 
 Every knob the service has is a field here, typed and validated, with its default; its
 environment variable is the field's name in capitals unless an alias says otherwise. The
-README's configuration tables are checked against this class (tests/test_units.py).
+README's configuration tables are checked against this class (tests/unit/test_project.py).
 """
 
 from __future__ import annotations

@@ -40,17 +40,11 @@ def run_train(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 # Tests in three tiers, one marker each (pytest -m unit|service|system):
-#   unit     in-process, no server: the edit-test loop (`make test-fast`, under a minute);
+#   unit     tests/unit/, mirroring the package: in-process, no server; the edit-test loop
+#            (`make test-fast`, under a minute);
 #   service  against a real `bentoml serve` on loopback (the default);
 #   system   the Docker image, two replicas behind HAProxy, Spark.
-UNIT_FILES = {
-    "test_units.py",
-    "test_contract.py",
-    "test_edge_units.py",
-    "test_patches.py",
-    "test_layout.py",
-    "test_edge_middleware.py",
-}
+UNIT = ROOT / "tests" / "unit"
 SYSTEM_FILES = {"test_image.py", "test_spark.py", "test_replicas.py"}
 
 
@@ -59,7 +53,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         name = item.path.name
         if name in SYSTEM_FILES or item.get_closest_marker("image"):
             item.add_marker(pytest.mark.system)
-        elif item.get_closest_marker("service") is None and name in UNIT_FILES:
+        elif item.get_closest_marker("service") is None and item.path.is_relative_to(UNIT):
             item.add_marker(pytest.mark.unit)
         elif item.get_closest_marker("service") is None:
             item.add_marker(pytest.mark.service)

@@ -84,6 +84,14 @@ def test_every_concern_is_a_folder_that_says_what_it_owns() -> None:
     ]
 
 
+def test_the_unit_tests_mirror_the_package() -> None:
+    """tests/unit/<concern>/ for each concern served in-process (offline batch is tested
+    against real servers and Spark)."""
+    for name in CONCERNS:
+        if name != "offline":
+            assert list((ROOT / "tests" / "unit" / name).glob("test_*.py")), name
+
+
 def test_no_module_imports_itself_round_a_cycle() -> None:
     assert cycle(imports()) is None
 

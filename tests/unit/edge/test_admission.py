@@ -1,5 +1,4 @@
-"""Unit tests, in-process, of the edge's decisions: admission control on a fake clock and
-the router's canary buckets."""
+"""Admission control (edge/admission.py) on a fake clock."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import pytest
 
 from onnx_serving.config import Settings
 from onnx_serving.edge.admission import Admission
-from onnx_serving.versions.router import Canary, Router, Routing, RoutingError, bucket
 
 
 def admission(**settings: int) -> Admission:
@@ -73,32 +71,3 @@ def test_the_limit_recovers_a_quarter_request_per_tick_on_time() -> None:
     assert gate.limit == 16 + 100 * Admission.INCREASE
     late_ticks(gate, 0.0, 10.0, now + 1.0)
     assert gate.limit == 256  # and no further
-
-
-def test_buckets_are_stable_and_spread_evenly() -> None:
-    assert bucket("client-7") == bucket("client-7")
-    values = [bucket(f"client-{i}") for i in range(20_000)]
-    assert all(0 <= v < 100 for v in values)
-    below_10 = sum(v < 10 for v in values) / len(values)
-    assert 0.09 < below_10 < 0.11, below_10
-
-
-@pytest.mark.parametrize("percent", [0, 10, 50, 100])
-def test_the_canary_gets_its_percent_of_keys_and_always_the_same_ones(percent: float) -> None:
-    routing = Routing(default="v1", canary=Canary(version="v2", percent=percent))
-    router = Router(["m:v1", "m:v2"], routing)
-    keys = [f"user-{i}" for i in range(10_000)]
-    picks = [router.pick(None, k) for k in keys]
-    share = sum(p.tag == "m:v2" for p in picks) / len(keys) * 100
-    assert abs(share - percent) < 1.5, share
-    assert all(p.how == ("canary" if p.tag == "m:v2" else "default") for p in picks)
-    assert [router.pick(None, k) for k in keys] == picks
-
-
-def test_an_explicit_version_wins_and_an_unknown_one_is_refused() -> None:
-    router = Router(["m:v1", "m:v2"], Routing(default="v1"))
-    assert router.pick("v2", "k").how == "explicit" and router.pick("m:v2", "k").tag == "m:v2"
-    with pytest.raises(RoutingError, match="'v3' is not served"):
-        router.pick("v3", "k")
-    with pytest.raises(RoutingError, match="canary 'v9' is not served"):
-        Router(["m:v1"], Routing(default="v1", canary=Canary(version="v9", percent=5)))

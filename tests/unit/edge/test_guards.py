@@ -1,5 +1,6 @@
-"""Unit tests, in-process: the guards through an ASGI transport (httpx), and BentoML's
-dispatcher as patched (_patches/bentoml_dispatcher.py) driving a stub model."""
+"""The guards (edge/guards.py) through an ASGI transport: keys, media types, body limits and JSON
+counting.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from onnx_serving._patches.bentoml_dispatcher import GreedyDispatcher
 from onnx_serving.config import Settings
 from onnx_serving.edge.error_contract import ErrorContract
 from onnx_serving.edge.guards import ApiKeyGuard, BodyBudget, ContentTypeGuard
@@ -38,10 +38,6 @@ def edge(**settings: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edge")
 
 
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
-
-
 def test_a_key_is_needed_where_the_route_table_says_and_only_there() -> None:
     async def go() -> list[int]:
         async with edge() as client:
@@ -56,7 +52,7 @@ def test_a_key_is_needed_where_the_route_table_says_and_only_there() -> None:
                 (await client.get("/livez")).status_code,  # probes never need a key
             ]  # fmt: skip
 
-    assert run(go()) == [401, 401, 200, 200]
+    assert asyncio.run(go()) == [401, 401, 200, 200]
 
 
 @pytest.mark.parametrize(
@@ -77,7 +73,7 @@ def test_a_post_s_media_type_must_fit_its_route(content_type: str | None, status
         async with edge() as client:
             return await client.post("/predict", headers=headers, content=b"{}")
 
-    response = run(go())
+    response = asyncio.run(go())
     assert response.status_code == status, response.text
     if status != 200:
         assert response.json()["error"], response.text
@@ -94,7 +90,7 @@ def test_a_body_past_its_route_s_limit_is_refused_before_the_app(size: int, stat
         async with edge(max_json_bytes=1024) as client:
             return await client.post("/predict", headers=headers, content=body)
 
-    response = run(go())
+    response = asyncio.run(go())
     assert response.status_code == status, response.text
     if status == 200:
         assert response.json() == {"bytes": size}
@@ -102,43 +98,37 @@ def test_a_body_past_its_route_s_limit_is_refused_before_the_app(size: int, stat
         assert "MAX_JSON_BYTES" in response.json()["error"]
 
 
-class StubModel:
-    """A model the test controls: each batch waits until released, and answers each
-    request with its own input doubled."""
+def test_a_name_split_across_chunks_is_still_counted() -> None:
+    """A client that cuts its body between each name's quote and its colon: the quote is
+    carried to the next chunk, so every name is counted."""
+    from onnx_serving.edge.guards import BodyBudget
+    from onnx_serving.edge.route_table import JSON_MEMBERS
 
-    def __init__(self) -> None:
-        self.batches: list[list[int]] = []
-        self.release = asyncio.Event()
+    chunks = [b'{"x": [1]']
+    chunks += [b', "k%d"' % i + b" " * (i % 3) for i in range(JSON_MEMBERS + 1)]
+    chunks = [c if i == 0 else b":0" + c for i, c in enumerate(chunks)] + [b":0}"]
+    reached = []
 
-    async def __call__(self, inputs: tuple[int, ...]) -> list[int]:
-        self.batches.append(list(inputs))
-        await self.release.wait()
-        return [2 * x for x in inputs]
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        reached.append(True)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
 
-
-def dispatch(max_batch_size: int) -> tuple[Any, StubModel]:
-    model = StubModel()
-    dispatcher = GreedyDispatcher(
-        10_000, max_batch_size, fallback=lambda: None, get_batch_size=lambda x: 1
+    messages = iter(
+        [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
+        + [{"type": "http.request", "body": b"", "more_body": False}]
     )
-    return dispatcher(model), model
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": []}
+    sent: list[dict] = []
 
+    async def receive() -> dict:
+        return next(messages)
 
-def test_a_lone_request_goes_at_once_and_the_queue_goes_in_one_batch_when_the_model_is_free() -> (
-    None
-):
-    async def go() -> tuple[list[int], list[list[int]]]:
-        call, model = dispatch(max_batch_size=3)
-        first = asyncio.ensure_future(call(1))
-        await asyncio.sleep(0.05)
-        assert model.batches == [[1]]  # not held back for more: the model was free
-        rest = [asyncio.ensure_future(call(x)) for x in (2, 3, 4, 5, 6)]
-        await asyncio.sleep(0.05)
-        assert model.batches == [[1]]  # the model is busy: the others queue
-        model.release.set()
-        answers = await asyncio.gather(first, *rest)
-        return answers, model.batches
+    async def send(message: dict) -> None:
+        sent.append(message)
 
-    answers, batches = run(go())
-    assert answers == [2, 4, 6, 8, 10, 12]  # each caller gets its own answer
-    assert batches == [[1], [2, 3, 4], [5, 6]]  # up to max_batch_size, in arrival order
+    asyncio.run(BodyBudget(app, Settings())(scope, receive, send))
+    assert sent[0]["status"] == 413 and not reached
+    assert b"names more than 65,536 fields" in sent[1]["body"]
