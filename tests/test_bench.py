@@ -15,18 +15,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_smoke(model_home: Path, tmp_path: Path) -> None:
+def run(cmd: list[str], model_home: Path) -> str:
+    """A benchmark command against the test run's model store: what it printed."""
     env = {**os.environ, "BENTOML_HOME": str(model_home), "BENTOML_DO_NOT_TRACK": "true"}
-    result = subprocess.run(
-        ["bash", "benchmarks/run.sh", "--smoke", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    out = result.stdout
+    return result.stdout
+
+
+def test_bench_smoke(model_home: Path, tmp_path: Path) -> None:
+    out = run(["bash", "benchmarks/run.sh", "--smoke", "--out", str(tmp_path)], model_home)
 
     # The table: its header, one row per kind of case, and the targets' footer.
     for column in ("req/s", "rows/s", "p50 ms", "p99 ms", "503", "err", "srv%", "gen%", "xlimit"):
@@ -75,18 +73,9 @@ def test_bench_smoke(model_home: Path, tmp_path: Path) -> None:
 def test_the_profile_runs_and_splits_every_request_s_cpu(model_home: Path, tmp_path: Path) -> None:
     """`make bench-profile`'s tool, one second per server: both servers profiled, their
     layers' shares adding up to the whole, the model's own layer among them."""
-    env = {**os.environ, "BENTOML_HOME": str(model_home), "BENTOML_DO_NOT_TRACK": "true"}
     cmd = [".venv/bin/python", "-m", "benchmarks.profile", "--models", "linear-2x"]
-    result = subprocess.run(
-        [*cmd, "--duration", "1", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "(service/baseline" in result.stdout and "BentoML app" in result.stdout
+    out = run([*cmd, "--duration", "1", "--out", str(tmp_path)], model_home)
+    assert "(service/baseline" in out and "BentoML app" in out
     (path,) = tmp_path.glob("profile-*.json")
     report = json.loads(path.read_text())["linear-2x"]
     for side in ("service", "baseline"):
