@@ -180,16 +180,18 @@ def test_retries_honour_retry_after_and_stop_at_a_client_error() -> None:
             httpx.Response(503, headers={"Retry-After": "0.3"}),
             httpx.Response(429, headers={"Retry-After": "0"}),
             httpx.ConnectError("refused"),
+            httpx.Response(408, json={"error": "the request body arrived at 0 bytes/s"}),
             httpx.Response(200, json={"ok": True}),
         ]
     )
+    c.retry = Retry(attempts=5, base_s=0.01, cap_s=0.05)
     assert c.call("GET", "/metadata", "metadata").json() == {"ok": True}
-    assert len(calls) == 4
+    assert len(calls) == 5
     assert calls[1] - calls[0] >= 0.3  # as the server asked
     c, calls = fake([httpx.Response(404, json={"error": "model version 'v9' is not served"})])
     with pytest.raises(BatchError, match=r"HTTP 404: model version 'v9' is not served"):
         c.call("POST", "/predict_file", "chunk 0")
-    assert len(calls) == 1  # a 4xx other than 429 is not retried
+    assert len(calls) == 1  # a 4xx other than 408 and 429 is not retried
     c, calls = fake([httpx.Response(503)] * 4)
     with pytest.raises(BatchError, match="gave up after 4 attempts: HTTP 503"):
         c.call("POST", "/predict_file", "chunk 0")

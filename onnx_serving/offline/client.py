@@ -36,7 +36,9 @@ from onnx_serving.protocols.files import NPY_MAGIC
 
 logger = logging.getLogger("onnx_serving.offline.client")
 STATE_VERSION = 1
-RETRY_STATUS = {429, 502, 503, 504}  # overload, a restart, a proxy between restarts
+# Overload, a restart, a proxy between restarts; and 408: the server gave up on a body that
+# stalled (the client paused, or the network did), which a chunk's retry sends again whole.
+RETRY_STATUS = {408, 429, 502, 503, 504}
 
 
 class BatchError(RuntimeError):
@@ -88,7 +90,7 @@ class Client:
     def call(
         self, method: str, path: str, what: str, first: bool = False, **kwargs: Any
     ) -> httpx.Response:
-        """One request, retried on connection errors and 429/502/503/504 with backoff. The
+        """One request, retried on connection errors and 408/429/502/503/504 with backoff. The
         `first` request of a run fails at once when nothing listens at the URL: a wrong
         --url is said in seconds, not after minutes of retries."""
         for attempt in itertools.count():
