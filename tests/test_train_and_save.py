@@ -250,7 +250,11 @@ def _zip(names: list[str]) -> bytes:
         (b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.", "is a Python pickle"),  # old torch.save
         (b"x\x9c" + b"\x00" * 20, "compressed (what joblib.dump(..., compress=...) writes)"),
         (_zip(["model/data.pkl", "model/version"]), "a PyTorch checkpoint (torch.save)"),
-        (_zip(["m/code/__torch__.py", "m/constants.pkl", "m/data.pkl"]), "a TorchScript archive"),
+        (
+            _zip(["m/code/__torch__.py", "m/constants.pkl", "m/data.pkl"]),
+            "a TorchScript archive (torch.jit.save), not ONNX. One you trust converts in one "
+            "command: `python train_and_save.py convert FILE --trust --name NAME --input-shape",
+        ),
     ],
     ids=["pickle", "old-torch-save", "joblib-compressed", "torch-checkpoint", "torchscript"],
 )
@@ -261,7 +265,8 @@ def test_files_that_are_not_onnx_are_named_with_what_to_do(
     path.write_bytes(content)
     result = run_train(tmp_path / "home", "--onnx", str(path), "--name", "mine")
     assert result.returncode == 1 and message in result.stderr, result.stderr
-    assert "torch.onnx.export" in result.stderr or "skl2onnx" in result.stderr
+    # What to do: the export recipe, or the one command that converts the file.
+    assert "torch.onnx.export" in result.stderr or "train_and_save.py convert" in result.stderr
     assert "Traceback" not in result.stderr
 
 

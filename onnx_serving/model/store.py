@@ -89,9 +89,9 @@ TORCH_EXPORT = (
 )
 
 
-def not_onnx(data: bytes) -> str | None:
-    """What a file that is not ONNX is, told by its first bytes, and what to do with it; None
-    for anything else (ONNX itself included, which has no magic number)."""
+def file_kind(data: bytes) -> str | None:
+    """What a file that is not ONNX is, told by its first bytes: a key of NOT_ONNX; None for
+    anything else (ONNX itself included, which has no magic number)."""
     import contextlib
     import io
     import zipfile
@@ -102,39 +102,55 @@ def not_onnx(data: bytes) -> str | None:
             names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     if names is not None:
         if any("/code/" in n or n.endswith("constants.pkl") for n in names):
-            return (
-                "a TorchScript archive (torch.jit.save), not ONNX: load it with "
-                "torch.jit.load and export it with torch.onnx.export, then import the "
-                ".onnx file:\n"
-                + TORCH_EXPORT.replace(
-                    "MyModel(); model.load_state_dict(torch.load(FILE))", "torch.jit.load(FILE)"
-                )
-            )
+            return "torchscript"
         if any(n.endswith("data.pkl") for n in names):
-            return (
-                "a PyTorch checkpoint (torch.save): weights without the model's code, which "
-                "ONNX needs. Export it where the model's class is defined, then import the "
-                ".onnx file:\n" + TORCH_EXPORT
-            )
-        return "a zip archive, not ONNX: import the .onnx file inside it"
+            return "torch-checkpoint"
+        return "zip"
     if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return (
-            "a Python pickle (what pickle.dump, joblib.dump and older torch.save write), not "
-            "ONNX. Loading a pickle runs code from it, so the service never does. A "
-            "scikit-learn model you trust: `python train_and_save.py convert FILE --trust "
-            "--name NAME` (skl2onnx, checked against scikit-learn's own answers); other "
-            "frameworks: export to ONNX where the model was trained (torch.onnx.export for "
-            "PyTorch)"
-        )
+        return "pickle"
     # zlib (its second byte says the level), gzip, bzip2, xz: joblib's compressors.
     zlib = data[:1] == b"x" and data[1:2] in (b"\x01", b"^", b"\x9c", b"\xda")
     if zlib or data[:2] == b"\x1f\x8b" or data[:3] == b"BZh" or data[:6] == b"\xfd7zXZ\x00":
-        return (
-            "compressed (what joblib.dump(..., compress=...) writes), not ONNX: a compressed "
-            "pickle. A scikit-learn model you trust: `python train_and_save.py convert FILE "
-            "--trust --name NAME` (skl2onnx, checked against scikit-learn's own answers)"
-        )
+        return "compressed"
     return None
+
+
+SKLEARN_CONVERT = (
+    "A scikit-learn model you trust: `python train_and_save.py convert FILE --trust --name "
+    "NAME` (skl2onnx, checked against scikit-learn's own answers)"
+)
+# What each kind of file is, and what to do with it.
+NOT_ONNX = {
+    "torchscript": (
+        "a TorchScript archive (torch.jit.save), not ONNX. One you trust converts in one "
+        "command: `python train_and_save.py convert FILE --trust --name NAME --input-shape "
+        "1,3,224,224` (one --input-shape per input of forward, batch first; checked against "
+        "PyTorch's own answers)"
+    ),
+    "torch-checkpoint": (
+        "a PyTorch checkpoint (torch.save): weights without the model's code, which ONNX "
+        "needs. Export it where the model's class is defined, then import the .onnx file:\n"
+        + TORCH_EXPORT
+    ),
+    "zip": "a zip archive, not ONNX: import the .onnx file inside it",
+    "pickle": (
+        "a Python pickle (what pickle.dump, joblib.dump and older torch.save write), not "
+        "ONNX. Loading a pickle runs code from it, so the service never does. "
+        + SKLEARN_CONVERT
+        + "; other frameworks: export to ONNX where the model was trained (torch.onnx.export "
+        "for PyTorch)"
+    ),
+    "compressed": (
+        "compressed (what joblib.dump(..., compress=...) writes), not ONNX: a compressed "
+        "pickle. " + SKLEARN_CONVERT
+    ),
+}
+
+
+def not_onnx(data: bytes) -> str | None:
+    """What a file that is not ONNX is and what to do with it; None for anything else."""
+    kind = file_kind(data)
+    return None if kind is None else NOT_ONNX[kind]
 
 
 def inspect(onnx_bytes: bytes, options: ImportOptions) -> signature.Signature:

@@ -100,18 +100,18 @@ def convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Conver
     if not args.file.is_file():
         raise InvalidModel(f"{args.file}: no such file")
     data = args.file.read_bytes()
-    kind = model_store.not_onnx(data)
+    kind = model_store.file_kind(data)
     if kind is None:
         raise InvalidModel(
             f"{args.file.name} is not a pickle, joblib file or TorchScript archive (ONNX, "
             "perhaps: import it with --onnx)"
         )
-    if kind.startswith("a TorchScript archive"):
+    if kind == "torchscript":
         from onnx_serving.model.convert import torchscript as converter
-    elif "pickle" in kind or "compressed" in kind:
+    elif kind in ("pickle", "compressed"):
         from onnx_serving.model.convert import scikit_learn as converter  # type: ignore[no-redef]
     else:
-        raise InvalidModel(f"{args.file.name} is {kind}")
+        raise InvalidModel(f"{args.file.name} is {model_store.NOT_ONNX[kind]}")
     if not args.trust:
         parser.error(
             f"{args.file.name} is {converter.WHAT}: loading it runs code from it. Convert it "
