@@ -222,8 +222,9 @@ def test_a_model_traced_with_a_fixed_batch_is_exported_with_it_and_says_so(
         (["--input-shape", "1,4", "--input-shape", "1,4"], 2, "forward takes 1 input(s) (image)"),
         (["--input-shape", "1,3"], 1, "the model fails on inputs of shape (1, 3)"),
         (["--input-shape", "1,x"], 2, "want positive sizes separated by commas"),
+        (["--input-shape", "1,3,22400,22400"], 2, "sample values, more than 134,217,728"),
     ],
-    ids=["no-shape", "two-shapes-for-one-input", "wrong-rank", "not-a-shape"],
+    ids=["no-shape", "two-shapes-for-one-input", "wrong-rank", "not-a-shape", "too-large"],
 )
 def test_torchscript_without_the_right_shapes_is_refused_with_what_to_give(
     tmp_path: Path, extra: list[str], code: int, message: str

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import warnings
 from typing import Any
 
@@ -24,6 +25,9 @@ from onnx_serving.model.convert import Conversion, InvalidModel, requires
 
 WHAT = "a TorchScript archive"
 SAMPLE_BATCH = 3
+# The sample inputs are made in memory: at most this many values over every input at the
+# larger of the two batch sizes (128 M values: 512 MB of float32, for a typo like 2240,2240).
+MAX_SAMPLE_VALUES = 1 << 27
 DTYPES = ("float32", "float64", "float16", "int64", "int32", "int8", "uint8", "bool")
 
 
@@ -56,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an input's type: one for every input, or one per input in order (default: "
         "float32; int64 for token ids)",
     )
+
+
+def last_line(exc: Exception) -> str:
+    """An exception's last line (TorchScript's carry the script's traceback before it)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
 
 
 def load_trusted(data: bytes, name: str) -> Any:
@@ -180,6 +189,13 @@ def convert(args: argparse.Namespace, parser: argparse.ArgumentParser, data: byt
         dtypes = dtypes * len(inputs)
     if len(dtypes) != len(inputs):
         parser.error(f"give one --input-dtype, or one per input ({', '.join(inputs)})")
+    batch = SAMPLE_BATCH if shapes[0][0] != SAMPLE_BATCH else SAMPLE_BATCH + 1
+    values = sum(max(batch, shape[0]) * math.prod(shape[1:]) for shape in shapes)
+    if values > MAX_SAMPLE_VALUES:
+        parser.error(
+            f"--input-shape asks for {values:,} sample values, more than {MAX_SAMPLE_VALUES:,}: "
+            "check the sizes (batch first, then one input's own dimensions)"
+        )
     example = sample(shapes, dtypes, shapes[0][0])
     try:
         with torch.no_grad():
@@ -189,11 +205,9 @@ def convert(args: argparse.Namespace, parser: argparse.ArgumentParser, data: byt
     except Exception as exc:  # the model's own code fails on inputs it doesn't take
         raise InvalidModel(
             f"the model fails on inputs of shape {', '.join(map(str, shapes))} and type "
-            f"{', '.join(dtypes)}: {str(exc).strip().splitlines()[-1]} (check --input-shape "
-            "and --input-dtype)"
+            f"{', '.join(dtypes)}: {last_line(exc)} (check --input-shape and --input-dtype)"
         ) from None
     outputs = ["output"] if len(results) == 1 else [f"output_{i}" for i in range(len(results))]
-    batch = SAMPLE_BATCH if shapes[0][0] != SAMPLE_BATCH else SAMPLE_BATCH + 1
     onnx_bytes = export(module, example, inputs, outputs, dynamic=True)
     try:
         check = compare(module, onnx_bytes, sample(shapes, dtypes, batch), inputs)
