@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(256, gt=0)
     retry_after_s: int = Field(1, gt=0)
     # SIGTERM: keep serving (Connection: close, /readyz 503) this long, then stop listening
-    # and give open connections this long to get their last answer (drain.py).
+    # and give open connections this long to get their last answer (_patches/uvicorn_drain.py).
     drain_seconds: float = Field(1.0, ge=0)
     drain_close_grace_s: float = Field(3.0, ge=0)
     # Connections that don't send their headers (or a body stalls) this long get a 408.

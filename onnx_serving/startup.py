@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from onnx_serving import _patches
 from onnx_serving.config import Settings, settings
-from onnx_serving.edge.error_contract import install_log_filters
+from onnx_serving.edge.error_contract import ErrorContract, install_log_filters
 from onnx_serving.edge.guards import (
     ApiKeyGuard,
     BatchingRefusal,
@@ -121,7 +121,6 @@ def edge(config: Settings) -> list[tuple[type, dict[str, Any]]]:
     count and log line; the drain's Connection: close; batching's 503; JSON 404s; who may
     call; what they send; the complete OpenAPI document."""
     from onnx_serving._patches.uvicorn_drain import DrainMiddleware
-    from onnx_serving.edge.error_contract import ErrorContract
 
     chain: list[tuple[type, dict[str, Any]]] = [
         (ErrorContract, {}),

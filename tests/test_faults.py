@@ -56,7 +56,8 @@ class Clients:
                 time.sleep(0.01)
             except (ConnectionResetError, http.client.RemoteDisconnected) as exc:
                 # A new connection reset before any answer: one the kernel queued that no
-                # worker accepted, so the service never read its request (see drain.py).
+                # worker accepted, so the service never read its request (see
+                # _patches/uvicorn_drain.py).
                 kind = "unaccepted" if fresh else type(exc).__name__
             except (OSError, http.client.HTTPException) as exc:
                 kind = type(exc).__name__
@@ -78,7 +79,8 @@ class Clients:
 
     def failures(self, refused_from: float) -> list[tuple[float, str]]:
         """What failed; a new connection reset once the socket stops listening, at
-        `refused_from`, is a refusal (the race in drain.py's docstring), not a failure."""
+        `refused_from`, is a refusal (the race in _patches/uvicorn_drain.py's docstring), not a
+        failure."""
         return [
             (o.started, o.kind)
             for o in list(self.outcomes)

@@ -120,27 +120,29 @@ def patches() -> list[Patch]:
     return loaded
 
 
-def check() -> None:
-    """PatchError naming every version and target that moved; nothing is changed."""
+def check() -> list[Patch]:
+    """Every patch, once each fits (PatchError naming every version and target that moved,
+    otherwise); nothing is changed."""
     loaded, problems = _load()
     problems += [p for patch in loaded for p in patch.problems()]
     if problems:
         raise PatchError(problems)
+    return loaded
 
 
 def install() -> None:
     """Check every patch, then apply them all (idempotent). Call at import of the service
     module: BentoML's worker imports it before it builds uvicorn's config and its app."""
-    check()
-    for patch in patches():
+    for patch in check():
         patch.apply()
 
 
 def verify() -> list[str]:
     """In a running worker: every patch is in effect (RuntimeError otherwise); their names."""
-    off = [p.name for p in patches() if not p.in_effect()]
+    loaded = patches()
+    off = [p.name for p in loaded if not p.in_effect()]
     if off:
         raise RuntimeError(f"patches not in effect in this worker: {', '.join(off)}")
-    names = [p.name for p in patches()]
+    names = [p.name for p in loaded]
     logger.info("patches in effect: %s", ", ".join(names))
     return names

@@ -1,5 +1,5 @@
 """ASGI middleware at the edge, before a request reaches a protocol codec, each reading the
-route table (contract.py): API keys (401), media types (415), body bytes and JSON values
+route table (route_table.py): API keys (401), media types (415), body bytes and JSON values
 (413), JSON for the router's own 404/405, and adaptive batching's 503. Probes and /metrics
 stay open. Every answer they give is an error of the one contract (error_contract.py).
 Overload is shed earlier, in the HTTP protocol (onnx_serving/edge/admission.py).
@@ -88,8 +88,8 @@ class BodyBudget:
     """413 for a body past its route's limits, before the app has it all: at once from
     Content-Length, without reading it; as soon as a body sent without one (chunked) passes
     its byte limit; and, for JSON, as soon as the values, arrays and members counted in it
-    pass what MAX_VALUES allows (contract.json_budget), or its names pass
-    contract.JSON_MEMBERS, so a body can't make the parser build more objects (or pydantic
+    pass what MAX_VALUES allows (route_table.json_budget), or its names pass
+    route_table.JSON_MEMBERS, so a body can't make the parser build more objects (or pydantic
     more errors) than a request of MAX_VALUES values needs. V2's binary tensors after their
     JSON header are counted in bytes only."""
 

@@ -2,7 +2,7 @@
 and reading the model's signature from the file with them.
 
 train_and_save.py adds the options to its command line; they become the `ImportOptions`
-that `model_store.save` reads the signature with (`read_signature`), and so end up in the
+that `store.save` reads the signature with (`read_signature`), and so end up in the
 stored metadata.
 """
 

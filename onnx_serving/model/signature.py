@@ -1,7 +1,7 @@
 """What a model takes and gives: named tensors, their types and shapes, the batch dimension,
 class labels, CSV columns and the image recipe.
 
-Read once from the ONNX file when it is imported (importing.read_signature), kept in the
+Read once from the ONNX file when it is imported (import_options.read_signature), kept in the
 model's BentoML metadata as plain JSON types (`to_metadata`: BentoML refuses None, so an
 unnamed dynamic dimension is written "?"), and rebuilt from there when the service starts
 (`from_metadata`).

@@ -1,4 +1,4 @@
-"""The file side of the batch client (batch_client.py): the input read in chunks of rows
+"""The file side of the batch client (client.py): the input read in chunks of rows
 (CSV with /predict_file's column rule, or .npy), and the answers written in input order
 (CSV, or one memory-mapped .npy per output, several making an .npz). Each writer records in
 the run's state how far the output got, so that a run resumes where it stopped."""

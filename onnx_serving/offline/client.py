@@ -1,6 +1,6 @@
 """`python -m onnx_serving predict-file IN OUT --url URL`: a big file through /predict_file.
 
-The input (CSV or .npy, the column rule of /predict_file, batch_files.py) goes to the
+The input (CSV or .npy, the column rule of /predict_file, protocols/files.py) goes to the
 service in chunks of rows, a few in flight; the answers are written in input order to
 OUT.part, and OUT.part.json records how far that got, so a run that stops (a server
 restart past the retries, Ctrl-C) resumes where it was. OUT appears only when every chunk

@@ -5,11 +5,11 @@
     spark-submit --py-files onnx_serving.zip onnx_serving/offline/spark.py --input ... --output ...
 
 The model is the service's own: loaded by tag from the BentoML store on the driver, its
-SHA-256 checked against the stored metadata (model_store.get_verified), shipped to the
+SHA-256 checked against the stored metadata (model/store.get_verified), shipped to the
 executors with SparkContext.addFile and checked again there. An iterator pandas_udf runs
 it through ONNX Runtime with the service's runner (runner.LoadedModel), one session per
 Python worker (cached here, at module level) with one intra-op thread, as every task gets
-one core. Columns follow /predict_file's rule (batch_files.py): the signature's `columns`
+one core. Columns follow /predict_file's rule (protocols/files.py): the signature's `columns`
 feed the inputs in order, and the output columns are named as /predict_file names them.
 CSV is read as text and parsed as the service parses it; CSV output writes predictions as
 the service writes them. Output goes to a temporary directory beside PATH, renamed to PATH

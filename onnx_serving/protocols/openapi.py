@@ -67,7 +67,7 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
                         },
                     },
                 )
-            # FastAPI documents 422 for its validation errors; routes.py answers them 400.
+            # FastAPI documents 422 for its validation errors; http_routes.py answers them 400.
             responses.pop("422", None)
     return spec
 

@@ -1,4 +1,4 @@
-"""The versions a worker serves: which one answers a request (routing.py), the answer's HTTP
+"""The versions a worker serves: which one answers a request (router.py), the answer's HTTP
 response, what it is counted as (metrics.py), and the shadow's copy (shadow.py).
 
 Every entry point (the native API, /predict_binary, images, files, V2) asks `choose` for a
