@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from onnx_serving.model import signature
+from onnx_serving.model.file_kinds import NOT_ONNX, file_kind
 from onnx_serving.model.import_options import ImportOptions, read_signature
 from onnx_serving.model.layout import ONNX_FILENAME  # re-exported: the store's layout
 from onnx_serving.model.signature import InvalidModel
@@ -65,9 +66,9 @@ def read_onnx_file(path: Path) -> tuple[bytes, bool]:
     from onnx.external_data_helper import uses_external_data
 
     data = path.read_bytes()
-    kind = not_onnx(data)
+    kind = file_kind(data)
     if kind:
-        raise InvalidModel(f"{path.name} is {kind}")
+        raise InvalidModel(f"{path.name} is {NOT_ONNX[kind]}")
     try:
         proto = onnx.load_model_from_string(data)  # external data stays unread here
     except Exception as exc:  # onnx raises several unrelated types for bad files
@@ -79,78 +80,6 @@ def read_onnx_file(path: Path) -> tuple[bytes, bool]:
         return proto.SerializeToString(), True
     except Exception as exc:
         raise InvalidModel(f"cannot read the model's external data beside {path}: {exc}") from None
-
-
-TORCH_EXPORT = (
-    "    model = MyModel(); model.load_state_dict(torch.load(FILE)); model.eval()\n"
-    "    example = torch.randn(1, N_FEATURES)  # one input as the model takes it\n"
-    '    torch.onnx.export(model, (example,), "model.onnx", input_names=["x"],\n'
-    '                      dynamic_shapes={"x": {0: torch.export.Dim("batch")}})'
-)
-
-
-def file_kind(data: bytes) -> str | None:
-    """What a file that is not ONNX is, told by its first bytes: a key of NOT_ONNX; None for
-    anything else (ONNX itself included, which has no magic number)."""
-    import contextlib
-    import io
-    import zipfile
-
-    names = None
-    if data[:2] == b"PK":
-        with contextlib.suppress(zipfile.BadZipFile):
-            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-    if names is not None:
-        if any("/code/" in n or n.endswith("constants.pkl") for n in names):
-            return "torchscript"
-        if any(n.endswith("data.pkl") for n in names):
-            return "torch-checkpoint"
-        return "zip"
-    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "pickle"
-    # zlib (its second byte says the level), gzip, bzip2, xz: joblib's compressors.
-    zlib = data[:1] == b"x" and data[1:2] in (b"\x01", b"^", b"\x9c", b"\xda")
-    if zlib or data[:2] == b"\x1f\x8b" or data[:3] == b"BZh" or data[:6] == b"\xfd7zXZ\x00":
-        return "compressed"
-    return None
-
-
-SKLEARN_CONVERT = (
-    "A scikit-learn model you trust: `python train_and_save.py convert FILE --trust --name "
-    "NAME` (skl2onnx, checked against scikit-learn's own answers)"
-)
-# What each kind of file is, and what to do with it.
-NOT_ONNX = {
-    "torchscript": (
-        "a TorchScript archive (torch.jit.save), not ONNX. One you trust converts in one "
-        "command: `python train_and_save.py convert FILE --trust --name NAME --input-shape "
-        "1,3,224,224` (one --input-shape per input of forward, batch first; checked against "
-        "PyTorch's own answers)"
-    ),
-    "torch-checkpoint": (
-        "a PyTorch checkpoint (torch.save): weights without the model's code, which ONNX "
-        "needs. Export it where the model's class is defined, then import the .onnx file:\n"
-        + TORCH_EXPORT
-    ),
-    "zip": "a zip archive, not ONNX: import the .onnx file inside it",
-    "pickle": (
-        "a Python pickle (what pickle.dump, joblib.dump and older torch.save write), not "
-        "ONNX. Loading a pickle runs code from it, so the service never does. "
-        + SKLEARN_CONVERT
-        + "; other frameworks: export to ONNX where the model was trained (torch.onnx.export "
-        "for PyTorch)"
-    ),
-    "compressed": (
-        "compressed (what joblib.dump(..., compress=...) writes), not ONNX: a compressed "
-        "pickle. " + SKLEARN_CONVERT
-    ),
-}
-
-
-def not_onnx(data: bytes) -> str | None:
-    """What a file that is not ONNX is and what to do with it; None for anything else."""
-    kind = file_kind(data)
-    return None if kind is None else NOT_ONNX[kind]
 
 
 def inspect(onnx_bytes: bytes, options: ImportOptions) -> signature.Signature:

@@ -23,6 +23,7 @@ from typing import Any
 
 from onnx_serving.model import import_options as importing
 from onnx_serving.model import store as model_store
+from onnx_serving.model.file_kinds import NOT_ONNX, file_kind
 
 InvalidModel = model_store.InvalidModel
 
@@ -100,7 +101,7 @@ def convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Conver
     if not args.file.is_file():
         raise InvalidModel(f"{args.file}: no such file")
     data = args.file.read_bytes()
-    kind = model_store.file_kind(data)
+    kind = file_kind(data)
     if kind is None:
         raise InvalidModel(
             f"{args.file.name} is not a pickle, joblib file or TorchScript archive (ONNX, "
@@ -111,7 +112,7 @@ def convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Conver
     elif kind in ("pickle", "compressed"):
         from onnx_serving.model.convert import scikit_learn as converter  # type: ignore[no-redef]
     else:
-        raise InvalidModel(f"{args.file.name} is {model_store.NOT_ONNX[kind]}")
+        raise InvalidModel(f"{args.file.name} is {NOT_ONNX[kind]}")
     if not args.trust:
         parser.error(
             f"{args.file.name} is {converter.WHAT}: loading it runs code from it. Convert it "
