@@ -108,14 +108,17 @@ class BodyBudget:
         limit, setting = self.limit_of(rule)
         length = header(scope, b"content-length")
         counted = rule is not None and rule.json_values
-        too_large = (
-            f"the body is larger than {errors.safe(path)} takes: at most {limit:,} bytes "
-            f"({setting})"
-        )
+
+        def too_large() -> str:  # built only for a refusal, not for every request
+            return (
+                f"the body is larger than {errors.safe(path)} takes: at most {limit:,} bytes "
+                f"({setting})"
+            )
+
         if length is not None and length.isdigit():
             size = int(length)
             if size > limit:
-                return await reply(send, 413, too_large, "body_too_large")
+                return await reply(send, 413, too_large(), "body_too_large")
             # The HTTP server reads no more than Content-Length says, and a body of `size`
             # bytes holds at most `size` values, arrays and members, and size / 3 names
             # (`"":`): within both budgets there is nothing to count.
@@ -156,8 +159,8 @@ class BodyBudget:
                     raise BodyTooLarge(over[0])
             seen += len(chunk)
             if seen > limit:
-                over = (too_large, "body_too_large")
-                raise BodyTooLarge(too_large)
+                over = (too_large(), "body_too_large")
+                raise BodyTooLarge(over[0])
             return msg
 
         async def watched(msg: dict) -> None:
