@@ -98,6 +98,28 @@ def test_a_body_past_its_route_s_limit_is_refused_before_the_app(size: int, stat
         assert "MAX_JSON_BYTES" in response.json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("members", "status"), [(39_321, 200), (65_536, 200), (65_537, 413)], ids=str
+)
+def test_names_are_counted_unless_the_length_alone_bounds_them(members: int, status: int) -> None:
+    """A body of Content-Length n holds at most n / 3 names, so short ones go uncounted
+    (39,321 members of 5 bytes fill the 196,608 bytes that are never counted); past that,
+    the names are counted, and one past JSON_MEMBERS is refused before the app has it."""
+    body = b"{" + b'"":1,' * (members - 1) + b'"":1}'
+
+    async def go() -> httpx.Response:
+        headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+        async with edge() as client:
+            return await client.post("/predict", headers=headers, content=body)
+
+    response = asyncio.run(go())
+    assert response.status_code == status, response.text
+    if status == 200:
+        assert response.json() == {"bytes": len(body)}
+    else:
+        assert "names more than 65,536 fields" in response.json()["error"]
+
+
 def test_a_name_split_across_chunks_is_still_counted() -> None:
     """A client that cuts its body between each name's quote and its colon: the quote is
     carried to the next chunk, so every name is counted."""
