@@ -24,6 +24,8 @@ from typing import Any
 
 import bentoml
 from anyio import to_thread
+from starlette.datastructures import Headers
+from starlette.responses import Response
 
 from onnx_serving import _patches
 from onnx_serving._patches.uvicorn_drain import DRAINER
@@ -35,6 +37,7 @@ from onnx_serving.model.runner import ModelRunner
 from onnx_serving.protocols.files import FileRequest, predict_file
 from onnx_serving.protocols.http_routes import app as plain_routes
 from onnx_serving.protocols.native import responder
+from onnx_serving.protocols.predict_route import PredictRoute
 from onnx_serving.startup import Steps, edge, prepare
 from onnx_serving.versions.served import Versions
 
@@ -69,6 +72,7 @@ class OnnxServing:
         steps.done("model loaded and warmed up")
         respond = functools.partial(responder, model=PredictResponse)
         self.versions = Versions(self.runner, START.routing, respond)
+        PredictRoute.bind(PredictRequest, self.answer)
         # Everything alive now (BentoML, pydantic, ONNX Runtime...) lives as long as the
         # worker: keep it out of the garbage collector's full passes, which otherwise stop the
         # worker for ~150 ms every few seconds under load, for nothing to collect.
@@ -95,13 +99,19 @@ class OnnxServing:
         """Real-time prediction: rows in, predictions out, in the same order. The version
         that answers: `X-Model-Version`, else the routing (default, canary by
         `X-Request-Key`); `X-Model` and the body's `model` name it."""
-        request = ctx.request
+        # Over HTTP, PredictRoute answers it without BentoML's per-request API path.
+        response = self.answer(feeds, ctx.request.headers, client_key(ctx.request))
+        ctx.response.status_code = response.status_code
+        return response
+
+    def answer(self, feeds: Feeds, headers: Headers, client: str) -> Response:
+        """/predict's whole answer: the version chosen, the model run, the response built."""
         try:
-            model, route = self.versions.choose(request.headers, client_key(request))
-            # async and inline: a microsecond-scale ONNX call is cheaper than a thread hop.
+            model, route = self.versions.choose(headers, client)
+            # Inline: a microsecond-scale ONNX call is cheaper than a thread hop.
             outputs = model.run(feeds)
         except ServingError as exc:
-            return refused(exc, ctx)
+            return error_response(exc)
         self.versions.answered(route, "/predict", feeds, outputs)
         return self.versions.respond[route.tag](outputs)
 

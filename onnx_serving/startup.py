@@ -20,19 +20,14 @@ from pydantic import BaseModel
 from onnx_serving import _patches
 from onnx_serving.config import Settings, settings
 from onnx_serving.edge.error_contract import ErrorContract, install_log_filters
-from onnx_serving.edge.guards import (
-    ApiKeyGuard,
-    BatchingRefusal,
-    BodyBudget,
-    ContentTypeGuard,
-    JsonNotFound,
-)
+from onnx_serving.edge.guards import Guards
 from onnx_serving.model import store as model_store
 from onnx_serving.model.batching import Batching, resolve
 from onnx_serving.model.runner import ModelRunner
 from onnx_serving.model.signature import InvalidModel, Signature
 from onnx_serving.protocols.native import request_model, response_model
 from onnx_serving.protocols.openapi import CompleteDocs
+from onnx_serving.protocols.predict_route import PredictRoute
 from onnx_serving.versions.router import Router, RoutingError
 
 logger = logging.getLogger("bentoml.onnx_serving.startup")
@@ -118,17 +113,15 @@ class Steps:
 
 def edge(config: Settings) -> list[tuple[type, dict[str, Any]]]:
     """The ASGI middleware before the APIs, outermost first: every error answer's format,
-    count and log line; the drain's Connection: close; batching's 503; JSON 404s; who may
-    call; what they send; the complete OpenAPI document."""
+    count and log line; the drain's Connection: close; the guards (keys, media types, body
+    budgets, JSON 404s, batching's 503); the complete OpenAPI document; /predict's own
+    route."""
     from onnx_serving._patches.uvicorn_drain import DrainMiddleware
 
-    chain: list[tuple[type, dict[str, Any]]] = [
+    return [
         (ErrorContract, {}),
         (DrainMiddleware, {}),
-        (BatchingRefusal, {"retry_after_s": config.retry_after_s}),
-        (JsonNotFound, {}),
+        (Guards, {"settings": config}),
+        (CompleteDocs, {}),
+        (PredictRoute, {}),
     ]
-    if config.api_key_hashes:
-        chain.append((ApiKeyGuard, {"hashes": config.api_key_hashes}))
-    chain += [(ContentTypeGuard, {}), (BodyBudget, {"settings": config}), (CompleteDocs, {})]
-    return chain

@@ -1,8 +1,9 @@
-"""ASGI middleware at the edge, before a request reaches a protocol codec, each reading the
-route table (route_table.py): API keys (401), media types (415), body bytes and JSON values
-(413), JSON for the router's own 404/405, and adaptive batching's 503. Probes and /metrics
-stay open. Every answer they give is an error of the one contract (error_contract.py).
-Overload is shed earlier, in the HTTP protocol (onnx_serving/edge/admission.py).
+"""The edge's checks, before a request reaches a protocol codec: one ASGI layer (`Guards`)
+that reads the request's rule from the route table (route_table.py) once and decides from
+it: API keys (401), media types (415), body bytes and JSON values (413), JSON for the
+router's own 404/405, and adaptive batching's 503. Probes and /metrics stay open. Every
+answer it gives is an error of the one contract (error_contract.py). Overload is shed
+earlier, in the HTTP protocol (onnx_serving/edge/admission.py).
 """
 
 from __future__ import annotations
@@ -16,63 +17,75 @@ from typing import Any
 from onnx_serving import errors
 from onnx_serving.config import Settings
 from onnx_serving.edge.error_contract import reply
-from onnx_serving.edge.route_table import JSON_MEMBERS, header, route_of
+from onnx_serving.edge.route_table import JSON_MEMBERS, Route, header, route_of
 
 
-class ApiKeyGuard:
-    """401 unless the request carries an accepted key: `Authorization: Bearer KEY` or
-    `X-API-Key: KEY`. Keys are compared as SHA-256 digests in constant time and never logged."""
+class Guards:
+    """The edge's checks as one ASGI layer, each decided from the request's route (its
+    rule in route_table.py, looked up once): who may call (401), what it may send (415,
+    400), how much (BodyBudget's 413), the router's own 404/405 as JSON, and adaptive
+    batching's 503 with its reason. Probes and /metrics stay open."""
 
-    def __init__(self, app: Any, hashes: tuple[str, ...]) -> None:
-        self.app, self.hashes = app, [bytes.fromhex(h) for h in hashes]
-
-    def accepts(self, scope: dict) -> bool:
-        given = header(scope, b"x-api-key")
-        auth = header(scope, b"authorization")
-        if given is None and auth and auth[:7].lower() == "bearer ":
-            given = auth[7:].strip()
-        if not given:
-            return False
-        digest = hashlib.sha256(given.encode("utf-8", "replace")).digest()
-        # Compare with every key, so the time taken says nothing about which one is close.
-        return sum(hmac.compare_digest(digest, h) for h in self.hashes) > 0
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app = app
+        self.keys = [bytes.fromhex(h) for h in settings.api_key_hashes]
+        self.budget = BodyBudget(settings)
+        self.retry = {"Retry-After": str(settings.retry_after_s)}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        rule = route_of(scope.get("path", ""))
-        if (rule is not None and not rule.auth) or self.accepts(scope):
+        method, path = scope["method"], scope["path"]
+        rule = route_of(path)
+        if self.keys and (rule is None or rule.auth) and not accepts(scope, self.keys):
+            return await reply(
+                send,
+                401,
+                "missing or wrong API key: send `Authorization: Bearer <key>` or "
+                "`X-API-Key: <key>`",
+                "unauthorized",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        if method == "POST" and rule is not None:
+            # A POST to a prediction route always finds its route: no 404 to rewrite.
+            if rule.media_types and (refusal := media_type_refusal(scope, rule.media_types)):
+                return await reply(send, *refusal)
+            if path == "/predict_batched":
+                send = batching_refusal(send, self.retry)
+        else:
+            send = json_not_found(scope, send)
+        if method in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
-        await reply(
-            send,
-            401,
-            "missing or wrong API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
-            "unauthorized",
-            {"WWW-Authenticate": "Bearer"},
-        )
+        await self.budget(self.app, scope, receive, send, rule)
 
 
-class ContentTypeGuard:
+def accepts(scope: dict, keys: list[bytes]) -> bool:
+    """Whether the request carries an accepted key: `Authorization: Bearer KEY` or
+    `X-API-Key: KEY`. Keys are compared as SHA-256 digests in constant time, never logged."""
+    given = header(scope, b"x-api-key")
+    auth = header(scope, b"authorization")
+    if given is None and auth and auth[:7].lower() == "bearer ":
+        given = auth[7:].strip()
+    if not given:
+        return False
+    digest = hashlib.sha256(given.encode("utf-8", "replace")).digest()
+    # Compare with every key, so the time taken says nothing about which one is close.
+    return sum(hmac.compare_digest(digest, h) for h in keys) > 0
+
+
+def media_type_refusal(scope: dict, wanted: tuple[str, ...]) -> tuple[int, str, str] | None:
     """415 when a POST's Content-Type doesn't fit its route; 400 for multipart without the
     boundary that separates its parts (the form parser would fail on it)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            rule = route_of(scope["path"])
-            if rule is not None and rule.media_types:
-                full = header(scope, b"content-type") or ""
-                got = full.split(";")[0].strip().lower()
-                if got not in rule.media_types:
-                    wanted = " or ".join(rule.media_types)
-                    message = f"Content-Type must be {wanted}, got {errors.safe(got, 80) or 'none'}"
-                    return await reply(send, 415, message, "media_type")
-                if got == "multipart/form-data" and "boundary=" not in full.lower():
-                    message = "Content-Type multipart/form-data needs its boundary parameter"
-                    return await reply(send, 400, message, "media_type")
-        await self.app(scope, receive, send)
+    full = header(scope, b"content-type") or ""
+    got = full.split(";")[0].strip().lower()
+    if got not in wanted:
+        message = (
+            f"Content-Type must be {' or '.join(wanted)}, got {errors.safe(got, 80) or 'none'}"
+        )
+        return 415, message, "media_type"
+    if got == "multipart/form-data" and "boundary=" not in full.lower():
+        return 400, "Content-Type multipart/form-data needs its boundary parameter", "media_type"
+    return None
 
 
 # A JSON name's end: its closing quote and the colon after it (a colon inside a string follows
@@ -93,18 +106,18 @@ class BodyBudget:
     more errors) than a request of MAX_VALUES values needs. V2's binary tensors after their
     JSON header are counted in bytes only."""
 
-    def __init__(self, app: Any, settings: Settings) -> None:
+    def __init__(self, settings: Settings) -> None:
         from onnx_serving.edge.route_table import body_limit, json_budget
 
-        self.app, self.settings = app, settings
+        self.settings = settings
         self.limit_of = lambda rule: body_limit(rule, settings)
         self.budget = json_budget(settings)
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            return await self.app(scope, receive, send)
+    async def __call__(
+        self, app: Any, scope: dict, receive: Any, send: Any, rule: Route | None
+    ) -> None:
+        """`app` called with `receive` counting what the body holds against `rule`'s limits."""
         path = scope["path"]
-        rule = route_of(path)
         limit, setting = self.limit_of(rule)
         length = header(scope, b"content-length")
         counted = rule is not None and rule.json_values
@@ -123,7 +136,7 @@ class BodyBudget:
             # bytes holds at most `size` values, arrays and members, and size / 3 names
             # (`"":`): within both budgets there is nothing to count.
             if not counted or size <= min(self.budget, 3 * JSON_MEMBERS):
-                return await self.app(scope, receive, send)
+                return await app(scope, receive, send)
         json_bytes = 1 << 62
         if counted and (head := header(scope, b"inference-header-content-length")):
             json_bytes = int(head) if head.isdigit() else 0  # V2: its JSON header only
@@ -172,67 +185,47 @@ class BodyBudget:
 
         # The app may let the exception out, or turn it into an error of its own.
         with contextlib.suppress(BodyTooLarge):
-            await self.app(scope, counting, watched)
+            await app(scope, counting, watched)
         if over and not started:
             await reply(send, 413, *over)
 
 
-class JsonNotFound:
-    """Paths (or methods) no route takes get Starlette's plain-text 404/405 from BentoML's
-    router; send them as JSON, like every other error."""
+def json_not_found(scope: dict, send: Any) -> Any:
+    """`send`, with the router's plain-text 404/405 (a path or method no route takes) sent
+    as JSON, like every other error."""
+    status = 0
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        # A POST to a prediction route always finds its route: nothing to rewrite there.
-        if scope["type"] != "http" or (
-            scope["method"] == "POST" and route_of(scope["path"]) is not None
-        ):
-            return await self.app(scope, receive, send)
-        status = 0
-
-        async def rewrite(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                plain = (b"content-type", b"text/plain; charset=utf-8") in message["headers"]
-                if message["status"] in (404, 405) and plain:
-                    status = message["status"]
-                    return
-            elif status:
-                where = errors.safe(f"{scope['method']} {scope['path']}")
-                what = "no route for" if status == 404 else "method not allowed:"
-                reason = "not_found" if status == 404 else "method"
-                return await reply(
-                    send, status, f"{what} {where}; the API is at /docs.json", reason
-                )
-            await send(message)
-
-        await self.app(scope, receive, rewrite)
-
-
-class BatchingRefusal:
-    """Adaptive batching's own 503 (a request that would miss BATCH_MAX_LATENCY_MS) comes
-    with BentoML's generic body: give it the JSON reason and `Retry-After` of every other
-    overload refusal (onnx_serving/edge/admission.py). Only /predict_batched can answer it."""
-
-    def __init__(self, app: Any, retry_after_s: int) -> None:
-        self.app = app
-        self.retry = {"Retry-After": str(retry_after_s)}
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != "/predict_batched":
-            return await self.app(scope, receive, send)
-        rewriting = False
-
-        async def rewrite(message: dict) -> None:
-            nonlocal rewriting
-            if message["type"] == "http.response.start" and message["status"] == 503:
-                rewriting = True
+    async def rewrite(message: dict) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            plain = (b"content-type", b"text/plain; charset=utf-8") in message["headers"]
+            if message["status"] in (404, 405) and plain:
+                status = message["status"]
                 return
-            if rewriting:
-                why = "overloaded: adaptive batching can't answer within BATCH_MAX_LATENCY_MS"
-                return await reply(send, 503, f"{why}; retry later", "size", self.retry)
-            await send(message)
+        elif status:
+            where = errors.safe(f"{scope['method']} {scope['path']}")
+            what = "no route for" if status == 404 else "method not allowed:"
+            reason = "not_found" if status == 404 else "method"
+            return await reply(send, status, f"{what} {where}; the API is at /docs.json", reason)
+        await send(message)
 
-        await self.app(scope, receive, rewrite)
+    return rewrite
+
+
+def batching_refusal(send: Any, retry: dict[str, str]) -> Any:
+    """`send`, with adaptive batching's own 503 (a request that would miss
+    BATCH_MAX_LATENCY_MS, sent with BentoML's generic body) given the JSON reason and
+    `Retry-After` of every other overload refusal (onnx_serving/edge/admission.py)."""
+    rewriting = False
+
+    async def rewrite(message: dict) -> None:
+        nonlocal rewriting
+        if message["type"] == "http.response.start" and message["status"] == 503:
+            rewriting = True
+            return
+        if rewriting:
+            why = "overloaded: adaptive batching can't answer within BATCH_MAX_LATENCY_MS"
+            return await reply(send, 503, f"{why}; retry later", "size", retry)
+        await send(message)
+
+    return rewrite

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from onnx_serving.config import Settings
 from onnx_serving.edge.error_contract import ErrorContract
-from onnx_serving.edge.guards import ApiKeyGuard, BodyBudget, ContentTypeGuard
+from onnx_serving.edge.guards import Guards
 
 KEY = "s3cret-key"
 
@@ -28,12 +28,11 @@ async def echo(request: Request) -> JSONResponse:
 
 
 def edge(**settings: Any) -> httpx.AsyncClient:
-    """The app behind the guards, in the order service.py adds them (outermost first)."""
+    """The app behind the guards and the error contract, as service.py has them."""
     routes = [Route(p, echo, methods=["GET", "POST"]) for p in ("/predict", "/livez")]
     app: Any = Starlette(routes=routes)
-    app = BodyBudget(app, settings=Settings(**settings))
-    app = ContentTypeGuard(app)
-    app = ApiKeyGuard(app, hashes=(hashlib.sha256(KEY.encode()).hexdigest(),))
+    sha = hashlib.sha256(KEY.encode()).hexdigest()
+    app = Guards(app, settings=Settings(**{"api_key_sha256": sha} | settings))
     app = ErrorContract(app)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edge")
 
@@ -123,7 +122,6 @@ def test_names_are_counted_unless_the_length_alone_bounds_them(members: int, sta
 def test_a_name_split_across_chunks_is_still_counted() -> None:
     """A client that cuts its body between each name's quote and its colon: the quote is
     carried to the next chunk, so every name is counted."""
-    from onnx_serving.edge.guards import BodyBudget
     from onnx_serving.edge.route_table import JSON_MEMBERS
 
     chunks = [b'{"x": [1]']
@@ -142,7 +140,12 @@ def test_a_name_split_across_chunks_is_still_counted() -> None:
         [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
         + [{"type": "http.request", "body": b"", "more_body": False}]
     )
-    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": []}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/predict",
+        "headers": [(b"content-type", b"application/json")],
+    }
     sent: list[dict] = []
 
     async def receive() -> dict:
@@ -151,6 +154,6 @@ def test_a_name_split_across_chunks_is_still_counted() -> None:
     async def send(message: dict) -> None:
         sent.append(message)
 
-    asyncio.run(BodyBudget(app, Settings())(scope, receive, send))
+    asyncio.run(Guards(app, Settings())(scope, receive, send))
     assert sent[0]["status"] == 413 and not reached
     assert b"names more than 65,536 fields" in sent[1]["body"]
