@@ -7,6 +7,7 @@
     POST /predict_image    a PNG or JPEG, for image models: the top classes
     GET  /metadata         which versions are served and routed, their files, hashes, metrics
     /v2/...                the Open Inference Protocol (KServe V2), JSON and binary
+    gRPC on GRPC_PORT      the same protocol over gRPC (inference.GRPCInferenceService)
 
 Data flows one way: HTTP body -> the edge (onnx_serving.startup.edge: limits, auth) ->
 validation (onnx_serving.protocols.native, .tensors, .v2) -> the one ONNX Runtime session
@@ -35,6 +36,7 @@ from onnx_serving.errors import ServingError
 from onnx_serving.model.feeds import BatchPredictions, BatchRefusal, Feeds
 from onnx_serving.model.runner import ModelRunner
 from onnx_serving.protocols.files import FileRequest, predict_file
+from onnx_serving.protocols.grpc_server import GrpcServer
 from onnx_serving.protocols.http_routes import app as plain_routes
 from onnx_serving.protocols.native import responder
 from onnx_serving.protocols.predict_route import PredictRoute
@@ -84,11 +86,24 @@ class OnnxServing:
     @bentoml.on_startup
     async def start_worker_tasks(self) -> None:
         # In the worker's event loop inside uvicorn's serve(): SIGTERM starts a drain, a
-        # routing file is reloaded when it changes, and every patch is checked in effect.
+        # routing file is reloaded when it changes, every patch is checked in effect, and
+        # the worker's gRPC server starts (GRPC_PORT; drained with HTTP).
         DRAINER.install()
         _patches.verify()
         if START.routing.file is not None:
             self.watcher = asyncio.get_running_loop().create_task(START.routing.watch())
+        if START.settings.grpc_port:
+            self.grpc = GrpcServer(START.settings, self.versions, self.ready)
+            await self.grpc.start()
+            DRAINER.on_drain(self.grpc.not_serving, self.grpc.stop)
+
+    @bentoml.on_shutdown
+    async def stop_worker_tasks(self) -> None:
+        if START.settings.grpc_port:
+            await self.grpc.stop(START.settings.drain_close_grace_s)
+
+    def ready(self) -> bool:
+        return bool(self.runner.models) and not DRAINER.draining
 
     async def __is_ready__(self) -> bool:
         # /readyz answers 503 while the worker drains after SIGTERM.

@@ -51,7 +51,8 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             cmd,
             cwd=cwd,
-            env={**os.environ, **env},
+            # No gRPC unless asked for: servers started side by side would share its port.
+            env={"GRPC_PORT": "0", "GRPC_HOST": "127.0.0.1", **os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     api_key_sha256: SecretStr | None = None
     api_key_file: Path | None = None
+    # The Open Inference Protocol over gRPC (onnx_serving/protocols/grpc_server.py), served by
+    # every worker on this port beside HTTP; 0: no gRPC. Triton's port by default. Server
+    # reflection (for grpcurl and the like) only when asked for.
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    grpc_host: str = "0.0.0.0"
+    grpc_reflection: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -73,7 +73,14 @@ def body(message: str, **extra: Any) -> bytes:
     return json.dumps({"error": message, **extra}).encode()
 
 
-def refused(status: int, reason: str, message: str, where: str, rid: str | None = None) -> bytes:
+def refused(
+    status: int,
+    reason: str,
+    message: str,
+    where: str,
+    rid: str | None = None,
+    protocol: str = "http",
+) -> bytes:
     """Count and log one refusal; its JSON body."""
     from onnx_serving import (
         metrics,  # here: the offline tools use this module without BentoML's metrics
@@ -81,7 +88,7 @@ def refused(status: int, reason: str, message: str, where: str, rid: str | None 
 
     if reason not in REASONS:
         reason = reason_of(message)
-    metrics.REJECTIONS.labels(reason=reason).inc()
+    metrics.REJECTIONS.labels(reason=reason, protocol=protocol).inc()
     logger.warning("%s -> %d %s (request %s)", safe(where), status, reason, rid or request_id())
     return body(message)
 

@@ -11,19 +11,20 @@ import bentoml
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="onnx_predictions",
-    documentation="Predictions answered, by model version (tag), endpoint and how the "
-    "version was chosen (default, canary, explicit)",
-    labelnames=["version", "endpoint", "route"],
+    documentation="Predictions answered, by model version (tag), endpoint, how the "
+    "version was chosen (default, canary, explicit) and protocol (http, grpc)",
+    labelnames=["version", "endpoint", "route", "protocol"],
 )
 ROWS = bentoml.metrics.Counter(
     name="onnx_prediction_rows",
-    documentation="Rows predicted, by model version and endpoint",
-    labelnames=["version", "endpoint"],
+    documentation="Rows predicted, by model version, endpoint and protocol",
+    labelnames=["version", "endpoint", "protocol"],
 )
 REJECTIONS = bentoml.metrics.Counter(
     name="onnx_input_rejections",
-    documentation="Requests refused with a 4xx, by reason (onnx_serving/errors.py REASONS)",
-    labelnames=["reason"],
+    documentation="Requests refused with a 4xx (or its gRPC status), by reason "
+    "(onnx_serving/errors.py REASONS) and protocol",
+    labelnames=["reason", "protocol"],
 )
 SHED = bentoml.metrics.Counter(
     name="onnx_requests_shed",
@@ -66,4 +67,16 @@ ADMISSION_LIMIT = bentoml.metrics.Gauge(
     documentation="How many prediction requests the worker admits at once now (MAX_IN_FLIGHT "
     "unless shedding)",
     multiprocess_mode="livemin",
+)
+GRPC_CALLS = bentoml.metrics.Counter(
+    name="onnx_grpc_calls",
+    documentation="gRPC calls answered (BentoML's HTTP metrics don't see them), by method and "
+    "status code",
+    labelnames=["method", "code"],
+)
+GRPC_DURATION = bentoml.metrics.Histogram(
+    name="onnx_grpc_call_duration_seconds",
+    documentation="Time from a gRPC call's arrival to its answer, by method",
+    labelnames=["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
 )

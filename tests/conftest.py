@@ -134,13 +134,24 @@ def demo_tag(model_home: Path) -> str:
     return run_train(model_home).stdout.strip()
 
 
+DEMO_GRPC: list[str] = []  # the demo server's gRPC address, once it is started
+
+
+@pytest.fixture(scope="session")
+def grpc_address(server_url: str) -> str:
+    """Where the demo server (server_url) serves the Open Inference Protocol over gRPC."""
+    return DEMO_GRPC[0]
+
+
 @pytest.fixture(scope="session")
 def server_url(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `bentoml serve` of the demo model on a free loopback port."""
     log = tmp_path_factory.mktemp("logs") / "serve.log"
+    DEMO_GRPC.append(f"127.0.0.1:{free_port()}")
     server = BentoServer(
         model_home,
         log,
+        GRPC_PORT=DEMO_GRPC[0].rsplit(":", 1)[1],
         MAX_VALUES=str(TEST_MAX_VALUES),
         BATCH_MAX_SIZE=str(TEST_BATCH_MAX_SIZE),
         # The functional tests behind this server send bursts (600 batched callers) on a

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from harness.local_server import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "tests" / "fixtures" / "models"
 CASES: dict[str, dict[str, Any]] = json.loads((MODELS / "cases.json").read_text())
@@ -72,8 +74,12 @@ def fixture_servers(
     servers = {}
     try:
         for name in CASES:
+            GRPC[name] = f"127.0.0.1:{free_port()}"
             servers[name] = BentoServer(
-                fixture_home, logs / f"{name}.log", MODEL_NAME=model_name(name)
+                fixture_home,
+                logs / f"{name}.log",
+                MODEL_NAME=model_name(name),
+                GRPC_PORT=GRPC[name].rsplit(":", 1)[1],
             )
         for server in servers.values():
             server.wait_ready(timeout=180)
@@ -81,6 +87,15 @@ def fixture_servers(
     finally:
         for server in servers.values():
             server.stop()
+
+
+# Each fixture server's gRPC address (the Open Inference Protocol over gRPC).
+GRPC: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def fixture_grpc(fixture_servers: dict[str, str]) -> dict[str, str]:
+    return GRPC
 
 
 def expected(case: str, output: str) -> np.ndarray:

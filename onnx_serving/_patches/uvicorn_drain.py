@@ -51,6 +51,7 @@ class Drainer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sig = signal.SIGTERM
         self._tasks: set[asyncio.Task] = set()
+        self._hooks: list[tuple[Any, Any]] = []
 
     def install(self) -> None:
         """Take over SIGTERM from uvicorn. Call in the worker's event loop, during startup.
@@ -70,6 +71,11 @@ class Drainer:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         # uvicorn restores its predecessor's handlers when serve() returns.
 
+    def on_drain(self, at_once: Any, after: Any) -> None:
+        """Another server of this worker drained with HTTP: `await at_once()` when SIGTERM
+        arrives, `await after(close_grace)` when HTTP stops listening (the gRPC server)."""
+        self._hooks.append((at_once, after))
+
     def _on_sigterm(self, sig: int, frame: Any) -> None:
         if self.draining:
             self._uvicorn_exit(sig, frame)  # second SIGTERM: stop now
@@ -88,10 +94,14 @@ class Drainer:
         logger.info(
             "SIGTERM: draining for %.1fs (Connection: close, /readyz 503)", self.drain_seconds
         )
+        for at_once, _ in self._hooks:
+            await at_once()
         await asyncio.sleep(self.drain_seconds)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.close_grace
         self._stop_listening()
+        for _, after in self._hooks:  # awaited below, with the connections left
+            self._spawn(after(self.close_grace))
         state = self._server.server_state
         while (state.connections or len(self._tasks) > 1) and loop.time() < deadline:
             await asyncio.sleep(0.02)

@@ -39,12 +39,7 @@ class Guards:
         rule = route_of(path)
         if self.keys and (rule is None or rule.auth) and not accepts(scope, self.keys):
             return await reply(
-                send,
-                401,
-                "missing or wrong API key: send `Authorization: Bearer <key>` or "
-                "`X-API-Key: <key>`",
-                "unauthorized",
-                {"WWW-Authenticate": "Bearer"},
+                send, 401, UNAUTHORIZED, "unauthorized", {"WWW-Authenticate": "Bearer"}
             )
         if method == "POST" and rule is not None:
             # A POST to a prediction route always finds its route: no 404 to rewrite.
@@ -60,17 +55,25 @@ class Guards:
 
 
 def accepts(scope: dict, keys: list[bytes]) -> bool:
-    """Whether the request carries an accepted key: `Authorization: Bearer KEY` or
-    `X-API-Key: KEY`. Keys are compared as SHA-256 digests in constant time, never logged."""
-    given = header(scope, b"x-api-key")
-    auth = header(scope, b"authorization")
-    if given is None and auth and auth[:7].lower() == "bearer ":
-        given = auth[7:].strip()
+    """Whether the request carries an accepted key (key_accepted)."""
+    return key_accepted(header(scope, b"x-api-key"), header(scope, b"authorization"), keys)
+
+
+def key_accepted(api_key: str | None, authorization: str | None, keys: list[bytes]) -> bool:
+    """Whether `X-API-Key: KEY` or `Authorization: Bearer KEY` (HTTP headers, or gRPC call
+    metadata) carries an accepted key. Keys are compared as SHA-256 digests in constant
+    time, and never logged."""
+    given = api_key
+    if given is None and authorization and authorization[:7].lower() == "bearer ":
+        given = authorization[7:].strip()
     if not given:
         return False
     digest = hashlib.sha256(given.encode("utf-8", "replace")).digest()
     # Compare with every key, so the time taken says nothing about which one is close.
     return sum(hmac.compare_digest(digest, h) for h in keys) > 0
+
+
+UNAUTHORIZED = "missing or wrong API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
 
 
 def media_type_refusal(scope: dict, wanted: tuple[str, ...]) -> tuple[int, str, str] | None:

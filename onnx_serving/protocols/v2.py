@@ -23,7 +23,6 @@ from onnx_serving.protocols.v2_codec import (
     HEADER_LENGTH,
     InferRequest,
     InferResponse,
-    V2Error,
     feeds_of,
     parse,
     respond,
@@ -56,24 +55,9 @@ def _served() -> Any:
 def _model(name: str, version: str | None, request: Request | None = None) -> tuple[Any, Any]:
     """The loaded model V2 calls `name` (and `version`) and how it was chosen, or V2Error 404.
     Without a version, the routing picks (default, or canary by X-Request-Key)."""
-    from onnx_serving.versions.router import Route
-
-    served = _served()
-    if version is None and request is not None:
-        headers = {**request.headers, "x-model-version": ""}
-        model, route = served.choose(headers, client_key(request))
-        if model.tag.split(":")[0] == name:
-            return model, route
-    for model in served.runner.models.values():
-        tag_name, tag_version = model.tag.split(":")
-        if tag_name == name and version in (None, tag_version):
-            return model, Route(model.tag, "explicit" if version else "default")
-    raise V2Error(
-        f"model {name!r}{f' version {version!r}' if version else ''} is not served; "
-        f"served: {sorted(served.runner.models)}",
-        404,
-        "version",
-    )
+    if request is None:
+        return _served().named(name, version)
+    return _served().named(name, version, request.headers, client_key(request))
 
 
 # --- routes -----------------------------------------------------------------------------------
