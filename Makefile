@@ -11,7 +11,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 # BentoML would otherwise ask a remote service about usage tracking.
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: venv serving model serve test test-fast lint docs image run-image load-test load-test-image bench bench-batch bench-memory bench-sweep bench-profile bench-models fixtures fuzz soak lock lock-upgrade lock-check sbom sbom-lock audit clean
+.PHONY: venv serving model serve test test-fast lint docs grpc-stubs image run-image load-test load-test-image bench bench-batch bench-memory bench-sweep bench-profile bench-models fixtures fuzz soak lock lock-upgrade lock-check sbom sbom-lock audit clean
 
 # Two steps: `serving` is what `make serve` needs (the run-time packages, and onnx to make
 # the demo model); `venv` adds the tools of the tests, benchmarks, load tests and Spark.
@@ -129,6 +129,12 @@ bench-memory: model venv
 # Adaptive batching's max_batch_size x max_latency_ms against the bench models (README, Performance).
 bench-sweep: model venv
 	.venv/bin/python -m benchmarks.sweep
+
+# The Python modules of the gRPC protocol, generated from its .proto (committed; a unit test
+# fails when they no longer match it).
+grpc-stubs: venv
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. \
+		onnx_serving/protocols/grpc_stubs/open_inference.proto
 
 # Where one /predict request's CPU goes, layer by layer, beside the FastAPI baseline (py-spy).
 bench-profile: model venv

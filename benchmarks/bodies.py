@@ -54,6 +54,15 @@ def v2_binary_body(tmp: Path, rows: int) -> tuple[Path, str]:
     return path, f"Inference-Header-Content-Length: {len(head)}"
 
 
+def v2_json_body(tmp: Path, rows: int) -> Path:
+    """The same values as a V2 JSON request (values in `data`, the answer in JSON too)."""
+    x = values(rows, 1)
+    tensor = {"name": "x", "shape": [rows, 1], "datatype": "FP32", "data": x.reshape(-1).tolist()}
+    path = tmp / f"body_{rows}.v2.json"
+    path.write_text(json.dumps({"inputs": [tensor]}))
+    return path
+
+
 def make_csv(path: Path, rows: int) -> None:
     """A one-column CSV (`x`) of `rows` random values, for /predict_file."""
     rng = np.random.default_rng(0)

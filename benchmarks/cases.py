@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import bodies
-from benchmarks.loads import Measure, run_pyclient, run_wrk, tagged_json
+from benchmarks.loads import Measure, run_grpc, run_pyclient, run_wrk, tagged_json
 from benchmarks.report import Row, http_row
 from benchmarks.servers import (
     ALL_CPUS,
@@ -30,6 +30,7 @@ from benchmarks.servers import (
     start_bentoml,
 )
 from benchmarks.targets import DEMO, FOREST, MLP
+from harness.local_server import free_port
 
 # The models: name in the store, features per row, what it shows, its committed file.
 MODELS = {
@@ -144,6 +145,9 @@ class Runner:
         if "limit" in plan.cases:
             self.results.limits[model] = run_limit(model, d, [one, *extra])
         env = {**BENCH_ENV, **plan.service_env, "MODEL_NAME": model}
+        if model == DEMO:  # gRPC beside REST (Runner.protocols)
+            self.grpc_port = free_port()
+            env["GRPC_PORT"] = str(self.grpc_port)
         srv = start_bentoml(
             f"bentoml-{model}", self.log_dir, {SERVER_CPU}, env, plan.service, plan.working_dir
         )
@@ -198,11 +202,23 @@ class Runner:
             octets = "application/octet-stream"
             self.wrk(srv, DEMO, "/predict_binary", "/predict_binary", raw, 16, rows=1000,
                      content_type=octets)  # fmt: skip
-            v2, header = bodies.v2_binary_body(self.tmp, 1000)
-            self.wrk(srv, DEMO, "V2 infer, binary", f"/v2/models/{DEMO}/infer", v2, 16, rows=1000,
-                     content_type=octets, header=header)  # fmt: skip
+        self.protocols(srv)
         if "file" in plan.cases:
             self._add_file(srv)
+
+    def protocols(self, srv: Server) -> None:
+        """The Open Inference Protocol three ways, 16 calls in flight, 1 and 1,000 values a
+        call: REST with JSON tensors, REST with binary tensors (wrk), and gRPC with raw
+        contents (grpc_client.py, one HTTP/2 connection)."""
+        octets, infer = "application/octet-stream", f"/v2/models/{DEMO}/infer"
+        for n in (1,) if self.plan.smoke else (1, 1000):
+            self.wrk(srv, DEMO, "V2 infer, JSON", infer, bodies.v2_json_body(self.tmp, n), 16,
+                     rows=n)  # fmt: skip
+            v2, header = bodies.v2_binary_body(self.tmp, n)
+            self.wrk(srv, DEMO, "V2 infer, binary", infer, v2, 16, rows=n, content_type=octets,
+                     header=header)  # fmt: skip
+            res, m = run_grpc(srv, self.grpc_port, DEMO, n, 16, self.plan.duration)
+            self._add(http_row(DEMO, "V2 infer, gRPC", "grpc.aio", 16, n, 1, res, m))
 
     def _add_file(self, srv: Server) -> None:
         row = bench_file(srv, self.tmp, self.plan.file_rows)

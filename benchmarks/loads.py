@@ -88,3 +88,16 @@ def run_pyclient(
             cmd, cwd=ROOT, capture_output=True, text=True, timeout=duration + 60, check=True
         )
     return tagged_json(out.stdout, "PY_JSON"), m
+
+
+def run_grpc(
+    server: Server, port: int, model: str, values: int, conns: int, duration: float
+) -> tuple[dict, Measure]:
+    """grpc_client.py: `conns` ModelInfer calls in flight, each of `values` values."""
+    cmd = [*pin({LOAD_CPU}), PY, "-m", "benchmarks.grpc_client", "--port", str(port)]
+    cmd += ["--model", model, "--values", str(values), "-c", str(conns), "-d", str(duration)]
+    with Measure(server) as m:
+        out = subprocess.run(
+            cmd, cwd=ROOT, capture_output=True, text=True, timeout=duration + 60, check=True
+        )
+    return tagged_json(out.stdout, "GRPC_JSON"), m

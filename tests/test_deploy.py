@@ -77,11 +77,12 @@ def test_selectors_probes_ports_and_targets_agree(
         assert selects(service["spec"]["selector"], labels), "the Service misses these pods"
         container = service_container(deployment)
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        # BentoML's port in the image (EXPOSE 3000, `bentoml serve` with no arguments).
-        assert ports == {"http": 3000}
+        # BentoML's port in the image (EXPOSE 3000, `bentoml serve` with no arguments), and
+        # gRPC's (EXPOSE 8001, GRPC_PORT's default).
+        assert ports == {"http": 3000, "grpc": 8001}
         assert container["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-        assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+        assert container["livenessProbe"]["grpc"] == {"port": 8001}  # grpc.health.v1
         image, _, tag = container["image"].rpartition(":")
         assert image.endswith("onnx-serving") and IMMUTABLE_TAG.match(tag), container["image"]
     # Stable and canary Deployments never select each other's pods.
@@ -89,7 +90,10 @@ def test_selectors_probes_ports_and_targets_agree(
         for b in deployments:
             if a is not b:
                 assert not selects(a["spec"]["selector"]["matchLabels"], pod_labels(b))
-    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        ("http", "http"),
+        ("grpc", "grpc"),
+    ]
     stable = one(docs, "Deployment", "onnx-serving")
     hpa = one(docs, "HorizontalPodAutoscaler", "onnx-serving")
     assert hpa["spec"]["scaleTargetRef"] == {
@@ -100,7 +104,7 @@ def test_selectors_probes_ports_and_targets_agree(
     assert selects(pdb["spec"]["selector"]["matchLabels"], pod_labels(stable))
     policy = one(docs, "NetworkPolicy", "onnx-serving")
     assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels(stable))
-    assert policy["spec"]["ingress"][0]["ports"][0]["port"] == "http"
+    assert [p["port"] for p in policy["spec"]["ingress"][0]["ports"]] == ["http", "grpc"]
     monitor = one(docs, "ServiceMonitor", "onnx-serving")
     assert selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]

@@ -58,16 +58,39 @@ class Observed(aio.ServerInterceptor):
 
     def __init__(self, keys: list[bytes]) -> None:
         self.keys = keys
+        # Labelled children looked up once (labels() checks and joins on every call).
+        self.calls: dict[tuple[str, str], Any] = {}
+        self.durations: dict[str, Any] = {}
+        self.wrapped: dict[str, Any] = {}  # per method: its handler, counted and timed
+
+    def count(self, method: str, code: str, seconds: float | None = None) -> None:
+        calls = self.calls.get((method, code))
+        if calls is None:
+            calls = self.calls[(method, code)] = metrics.GRPC_CALLS.labels(method, code)
+        calls.inc()
+        if seconds is not None:
+            duration = self.durations.get(method)
+            if duration is None:
+                duration = self.durations[method] = metrics.GRPC_DURATION.labels(method)
+            duration.observe(seconds)
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         method = details.method.rsplit("/", 1)[-1]
         if self.keys and details.method not in OPEN:
             meta = dict(details.invocation_metadata or ())
             if not key_accepted(meta.get("x-api-key"), meta.get("authorization"), self.keys):
-                return _refusal(method)
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler  # unknown methods (UNIMPLEMENTED) and health's Watch stream
+                self.count(method, "UNAUTHENTICATED")
+                return REFUSAL
+        wrapped = self.wrapped.get(details.method)
+        if wrapped is None:
+            handler = await continuation(details)
+            if handler is None or handler.unary_unary is None:
+                return handler  # unknown methods (UNIMPLEMENTED), health's Watch stream
+            wrapped = self.wrapped[details.method] = self.observed(method, handler)
+        return wrapped
+
+    def observed(self, method: str, handler: Any) -> Any:
+        """`handler`, counted and timed: made once per method."""
         inner = handler.unary_unary
 
         async def observed(request: Any, context: Any) -> Any:
@@ -76,8 +99,7 @@ class Observed(aio.ServerInterceptor):
                 return await inner(request, context)
             finally:
                 code = context.code() or grpc.StatusCode.OK
-                metrics.GRPC_CALLS.labels(method=method, code=code.name).inc()
-                metrics.GRPC_DURATION.labels(method=method).observe(time.perf_counter() - started)
+                self.count(method, code.name, time.perf_counter() - started)
 
         return grpc.unary_unary_rpc_method_handler(
             observed,
@@ -86,14 +108,14 @@ class Observed(aio.ServerInterceptor):
         )
 
 
-def _refusal(method: str) -> Any:
-    async def refuse(request: Any, context: Any) -> None:
-        rid = errors.request_id(dict(context.invocation_metadata() or ()))
-        errors.refused(401, "unauthorized", UNAUTHORIZED, f"gRPC {method}", rid, "grpc")
-        metrics.GRPC_CALLS.labels(method=method, code="UNAUTHENTICATED").inc()
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHORIZED)
+async def _refuse(request: Any, context: Any) -> None:
+    rid = errors.request_id(dict(context.invocation_metadata() or ()))
+    errors.refused(401, "unauthorized", UNAUTHORIZED, "gRPC call", rid, "grpc")
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHORIZED)
 
-    return grpc.unary_unary_rpc_method_handler(refuse)
+
+# The answer to a call without an accepted key, whatever its method (its body is not read).
+REFUSAL = grpc.unary_unary_rpc_method_handler(_refuse)
 
 
 class GrpcServer:
