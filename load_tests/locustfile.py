@@ -5,6 +5,7 @@ Pick users the Locust way: class names at the end of the command line (or LOCUST
 
     locust -f load_tests/locustfile.py -H http://127.0.0.1:3000 --headless -u 20 -t 30s MixedUser
     locust -f load_tests/locustfile.py,load_tests/step_ramp.py -H ... --headless RealtimeUser
+    GRPC_TARGET=127.0.0.1:8001 locust -f load_tests/locustfile.py -H ... --headless GrpcUser
 
 Targets (`--p95-ms`, `--p99-ms`, `--min-rps`, `--max-fail-ratio`, `--user-rps`) are defined in
 targets.py; a run that misses one exits non-zero.
@@ -12,11 +13,15 @@ targets.py; a run that misses one exits non-zero.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from typing import Any
 
-from locust import FastHttpUser, task
+import grpc
+import grpc.experimental.gevent
+import numpy as np
+from locust import FastHttpUser, User, task
 from locust.contrib.fasthttp import ResponseContextManager
 from payloads import (
     JSON_HEADERS,
@@ -27,6 +32,9 @@ from payloads import (
     random_values,
 )
 from targets import paced
+
+# gRPC's blocking calls yield to Locust's other users (gevent), as Locust's gRPC example does.
+grpc.experimental.gevent.init_gevent()
 
 REFUSED = "/predict [refused]"  # the name load_tests/overload.py reads refusals by
 
@@ -164,3 +172,46 @@ class MixedUser(ServiceUser):
     def metadata(self) -> None:
         with self.client.get("/metadata", catch_response=True) as resp:
             _verdict(resp, check_metadata(resp.content) if resp.ok else None)
+
+
+class GrpcUser(User):
+    """The Open Inference Protocol over gRPC (tritonclient's own stubs): one value per
+    ModelInfer call as raw contents, each answer checked, to GRPC_TARGET (host:port; run.sh
+    sets it). Its calls join Locust's statistics and the same targets as "gRPC ModelInfer"."""
+
+    wait_time = paced
+
+    def on_start(self) -> None:
+        from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+        self.channel = grpc.insecure_channel(os.environ.get("GRPC_TARGET", "127.0.0.1:8001"))
+        self.infer = service_pb2_grpc.GRPCInferenceServiceStub(self.channel).ModelInfer
+        self.request = service_pb2.ModelInferRequest
+        self.model = os.environ.get("MODEL_NAME", "linear-2x")
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+    @task
+    def model_infer(self) -> None:
+        x = np.array(random_values(1), dtype="<f4")
+        request = self.request(model_name=self.model)
+        request.inputs.add(name="x", datatype="FP32", shape=[1, 1])
+        request.raw_input_contents.append(x.tobytes())
+        started, problem, size = time.perf_counter(), None, 0
+        try:
+            response = self.infer(request, timeout=30)
+            size = response.ByteSize()
+            y = np.frombuffer(response.raw_output_contents[0], "<f4")
+            if not np.allclose(y, 2 * x):
+                problem = AssertionError(f"wrong answer: {y.tolist()} for {x.tolist()}")
+        except grpc.RpcError as exc:
+            problem = exc
+        self.environment.events.request.fire(
+            request_type="gRPC",
+            name="ModelInfer",
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=size,
+            exception=problem,
+            context={},
+        )

@@ -5,7 +5,7 @@
 #   load_tests/run.sh serve [LOCUST ARGS...]   start `bentoml serve` on a free port (or use HOST)
 #   load_tests/run.sh image [LOCUST ARGS...]   the container of `make run-image` (HOST or PORT)
 #
-# Environment: HOST, PORT, RUN_TIME (30s; 90s for SHAPE=step), SHAPE (steady|step|overload),
+# Environment: HOST, PORT, GRPC_TARGET (host:port of gRPC, for GrpcUser), RUN_TIME (30s; 90s for SHAPE=step), SHAPE (steady|step|overload),
 # LOCUST_PROCESSES (N local Locust worker processes), LOCUST_USER_CLASSES (MixedUser), REPORT_DIR,
 # and any LOCUST_* option, e.g. LOCUST_USERS=50 or LOCUST_P95_MS=5 (targets: see targets.py).
 set -euo pipefail
@@ -85,7 +85,11 @@ else
   # prometheus_multiproc_dir at start, which would wipe a running `make serve`'s /metrics.
   mkdir -p "$REPORT_DIR/bentoml-home"
   ln -sfn "$(cd "$BENTOML_HOME/models" && pwd)" "$REPORT_DIR/bentoml-home/models"
-  BENTOML_HOME="$REPORT_DIR/bentoml-home" "$BIN/bentoml" serve service:OnnxServing \
+  # gRPC on a free port of its own too (GrpcUser), never the default one of a `make serve`.
+  grpc_port="$(free_port)"
+  export GRPC_TARGET="${GRPC_TARGET:-127.0.0.1:$grpc_port}"
+  GRPC_PORT="$grpc_port" GRPC_HOST=127.0.0.1 BENTOML_HOME="$REPORT_DIR/bentoml-home" \
+    "$BIN/bentoml" serve service:OnnxServing \
     --host 127.0.0.1 --port "$port" > "$REPORT_DIR/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 120); do

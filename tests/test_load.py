@@ -73,6 +73,20 @@ def assert_reports(report_dir: Path) -> None:
     assert "Aggregated" in history and "/predict" in history  # full history, per endpoint
 
 
+def test_the_grpc_user_loads_the_same_targets(
+    server_url: str, grpc_address: str, tmp_path: Path
+) -> None:
+    """GrpcUser: the Open Inference Protocol over gRPC, every answer checked, judged by the
+    same targets as the HTTP users."""
+    env = {**CI_TARGETS, "LOCUST_USER_CLASSES": "GrpcUser", "GRPC_TARGET": grpc_address}
+    result = run_load_test("serve", server_url, tmp_path, "8s", **env)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "RESULT: PASS" in result.stdout
+    stats = (tmp_path / "locust_stats.csv").read_text().splitlines()
+    row = next(line.split(",") for line in stats if line.startswith("gRPC,ModelInfer,"))
+    assert int(row[2]) > 300 and int(row[3]) == 0, row  # requests, failures
+
+
 def test_load_test_passes(server_url: str, tmp_path: Path) -> None:
     result = run_load_test("serve", server_url, tmp_path, "8s", **CI_TARGETS)
     assert result.returncode == 0, result.stdout[-4000:]
