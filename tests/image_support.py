@@ -76,6 +76,8 @@ class Container:
 
     image: str
     port: int = field(default_factory=free_port)
+    # gRPC on a port of its own: containers on the host network would share 8001.
+    grpc_port: int = field(default_factory=free_port)
     name: str = field(default_factory=lambda: f"onnx-serving-test-{uuid.uuid4().hex[:8]}")
     ready_seconds: float | None = None
     run_args: list[str] = field(default_factory=list)  # more `docker run` options
@@ -103,6 +105,7 @@ class Container:
         docker(
             "run", "-d", "--name", self.name, "--network", "host", *self.run_args,
             "-e", f"BENTOML_PORT={self.port}", "-e", "BENTOML_HOST=127.0.0.1",
+            "-e", f"GRPC_PORT={self.grpc_port}", "-e", "GRPC_HOST=127.0.0.1",
             self.image, "serve", "--port", str(self.port),
         )  # fmt: skip
         while time.monotonic() - started < timeout:
