@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
@@ -79,6 +80,51 @@ class HeadersTooLarge(Exception):
     """Raised from a parser callback to stop parsing a request whose headers are too large."""
 
 
+class CoalescedWrites:
+    """A connection's transport whose writes of one turn of the event loop go out as one.
+
+    uvicorn writes a response's status line and headers, then its body: two `send` calls,
+    two packets (TCP_NODELAY), each through asyncio's Python transport: about 15 µs of a
+    one-row request's CPU. Here they are joined (pieces past 64 KiB are written as they
+    are, not copied) and written once, at the end of the turn; close() writes what is held
+    first. Everything else is the transport's own."""
+
+    __slots__ = ("_held", "_loop", "_size", "_transport")
+
+    def __init__(self, transport: Any, loop: Any) -> None:
+        self._transport, self._loop = transport, loop
+        self._held: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(data)
+        self._size += len(data)
+
+    def flush(self) -> None:
+        held, size = self._held, self._size
+        if not held:
+            return
+        self._held, self._size = [], 0
+        if self._transport.is_closing():
+            return
+        if len(held) == 1:
+            self._transport.write(held[0])
+        elif size <= 65_536:
+            self._transport.write(b"".join(held))
+        else:
+            for data in held:
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout = settings().http_header_timeout_s
     body_timeout = settings().http_body_timeout_s
@@ -104,6 +150,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # A fresh connection: the clock for its first request's headers starts now.
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = CoalescedWrites(transport, self.loop)  # what each cycle writes to
         ADMISSION.start()
         SWEEP.start(
             self.connections, self.header_timeout, self.body_timeout, self.timeout_keep_alive
