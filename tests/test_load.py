@@ -14,8 +14,9 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import running
+from conftest import run_train, running
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_SH = ROOT / "load_tests" / "run.sh"
@@ -135,12 +136,45 @@ OVERLOAD_CI = {
 }
 
 
+def costly_double(path: Path, layers: int = 128, width: int = 256) -> None:
+    """y = 2x, exactly, through `layers` products with a `width` x `width` identity (about
+    0.3 ms a call on one core): one Locust process can offer several times what one worker
+    answers of it. It can't any more with the demo (2,736 answers a second within the SLA in a
+    run of 2026-12-05, nothing to shed), whose requests cost the worker less than Locust."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    eye = numpy_helper.from_array(np.eye(width, dtype=np.float32), "eye")
+    reps = numpy_helper.from_array(np.array([1, width], dtype=np.int64), "reps")
+    nodes = [helper.make_node("Tile", ["x", "reps"], ["t0"])]
+    nodes += [helper.make_node("MatMul", [f"t{i}", "eye"], [f"t{i + 1}"]) for i in range(layers)]
+    nodes += [
+        helper.make_node("Slice", [f"t{layers}", "zero", "one", "one"], ["first"]),
+        helper.make_node("Mul", ["first", "two"], ["y"]),
+    ]
+    consts = [
+        helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("two", TensorProto.FLOAT, [1], [2.0]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "costly_double",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 1])],
+        [eye, reps, *consts],
+    )
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+
+
 @pytest.fixture(scope="module")
-def shedding_server(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`bentoml serve` with the default overload settings, one worker (one Locust process
-    overloads it several times)."""
-    log = tmp_path_factory.mktemp("overload") / "serve.log"
-    with running(model_home, log, WORKERS="1") as server:
+def shedding_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`bentoml serve` with the default overload settings, one worker, serving a costlier
+    y = 2x (costly_double), which one Locust process overloads several times."""
+    home = tmp_path_factory.mktemp("overload")
+    costly_double(home / "costly.onnx")
+    made = run_train(home, "--onnx", str(home / "costly.onnx"), "--name", "costly-2x")
+    assert made.returncode == 0, made.stdout + made.stderr
+    with running(home, home / "serve.log", WORKERS="1", MODEL_NAME="costly-2x") as server:
         yield server.url
 
 

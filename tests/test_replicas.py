@@ -74,11 +74,25 @@ def test_the_image_serves_under_the_deployments_settings(
     probes = service_container(deployment)
     with httpx.Client(base_url=container.url, timeout=10) as http:
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert http.get(probes[probe]["httpGet"]["path"]).status_code == 200
+            spec = probes[probe]
+            if "grpc" in spec:  # Kubernetes' gRPC probe: grpc.health.v1, on the gRPC port
+                assert spec["grpc"]["port"] == 8001  # GRPC_PORT's default; here a free port
+                assert grpc_health(f"127.0.0.1:{container.grpc_port}") == "SERVING"
+            else:
+                assert http.get(spec["httpGet"]["path"]).status_code == 200
         assert http.post("/predict", json={"x": [1.5]}).json()["y"] == [3.0]
         # An upload is spooled to /tmp, the writable mount, and its result too.
         check_predict_file_csv(http)
         assert "onnx_predictions_total" in http.get("/metrics").text  # its own writable dir
+
+
+def grpc_health(address: str) -> str:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(check.status)
 
 
 class HAProxy:
