@@ -13,7 +13,6 @@ targets.py; a run that misses one exits non-zero.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -43,7 +42,6 @@ REFUSED = "/predict [refused]"  # the name load_tests/overload.py reads refusals
 BATCH_1K = JsonBatch(1_000)
 BATCH_100K = JsonBatch(100_000)
 CSV_1K = CsvFile(1_000)
-OVERLOAD_BATCHES: dict[int, JsonBatch] = {}
 
 
 def _verdict(resp: ResponseContextManager, problem: str | None) -> None:
@@ -136,19 +134,8 @@ class OverloadUser(ServiceUser):
 
     @task
     def predict_one(self) -> None:
-        # --overload-values (overload.py): larger requests overload a server that one Locust
-        # process can't with single values, as the service grew faster than its client.
-        options = self.environment.parsed_options
-        n = getattr(options, "overload_values", 1) if options else 1
-        if n > 1:
-            batch = OVERLOAD_BATCHES.get(n) or OVERLOAD_BATCHES.setdefault(n, JsonBatch(n))
-            x, body = batch.x, batch.body
-        else:
-            x = random_values(1)
-            body = json.dumps({"x": x}).encode()
-        with self.client.post(
-            "/predict", data=body, headers=JSON_HEADERS, catch_response=True
-        ) as resp:
+        x = random_values(1)
+        with self.client.post("/predict", json={"x": x}, catch_response=True) as resp:
             if resp.status_code != 503:
                 _verdict(resp, check_json_body(resp.content, x) if resp.ok else None)
                 return

@@ -5,8 +5,7 @@ Opt in by adding this file to the locustfiles, with OverloadUser:
     SHAPE=overload make load-test      # or:
     locust -f load_tests/locustfile.py,load_tests/overload.py -H URL --headless OverloadUser
 
-For --overload-seconds, --overload-users users send /predict (--overload-values values
-each) back to back; then the load
+For --overload-seconds, --overload-users users send /predict back to back; then the load
 drops to --calm-users users at --user-rps each for --calm-seconds. The service must shed
 what it can't serve at once (503 with Retry-After and a JSON reason; OverloadUser counts such
 an answer as "/predict [refused]", not as a failure), answer what it admits within the SLA,
@@ -38,7 +37,6 @@ def _add_overload_arguments(parser: Any) -> None:
     group = parser.add_argument_group("Overload (load_tests/overload.py)")
     options = [
         ("--overload-users", int, 256, "Users sending back to back during the overload"),
-        ("--overload-values", int, 1, "Values per /predict request during the overload"),
         ("--overload-seconds", float, 20.0, "Length of the overload, s"),
         ("--calm-users", int, 5, "Users at --user-rps after the drop"),
         ("--calm-seconds", float, 10.0, "Length of the calm phase, s"),
