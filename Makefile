@@ -30,8 +30,11 @@ $(VENV)/.serving: pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet -e '.[train]' -c $(LOCK_PINS)
 	@touch $@
 
-$(VENV)/.installed: $(VENV)/.serving
-	$(BIN)/pip install --quiet -e '.[train,dev,spark,convert,client]' -c $(LOCK_PINS)
+# The signing extra's packages are held at requirements-signing.lock's pins (a superset).
+SIGNING_PINS = <(grep -E '^[A-Za-z0-9]' requirements-signing.lock | sed 's/ .*//')
+
+$(VENV)/.installed: $(VENV)/.serving requirements-signing.lock
+	$(BIN)/pip install --quiet -e '.[train,dev,spark,convert,client,signing]' -c $(SIGNING_PINS)
 	@touch $@
 
 # requirements.lock: pyproject.toml's run-time dependencies and all of theirs, pinned with the
@@ -39,12 +42,20 @@ $(VENV)/.installed: $(VENV)/.serving
 LOCK_FLAGS = pyproject.toml --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-unknown-linux-gnu --custom-compile-command "make lock"
 
-# Rewrites requirements.lock only when it changes (its mtime triggers a venv reinstall).
+# requirements-signing.lock: the same with the `signing` extra, every pin of requirements.lock
+# kept; the image of a signed model installs it (scripts/build_image.sh).
+SIGNING_FLAGS = $(LOCK_FLAGS) --extra signing -c requirements.lock
+
+# Rewrites each lock only when it changes (its mtime triggers a venv reinstall).
 lock lock-upgrade: venv
 	@tmp=$$(mktemp) && cp requirements.lock $$tmp && \
 	$(BIN)/uv pip compile $(LOCK_FLAGS) $(if $(filter lock-upgrade,$@),--upgrade) --quiet -o $$tmp && \
 	{ cmp -s $$tmp requirements.lock && echo "requirements.lock unchanged" || \
 	  { cp $$tmp requirements.lock && echo "requirements.lock updated"; }; }; rm -f $$tmp
+	@tmp=$$(mktemp) && cp requirements-signing.lock $$tmp && \
+	$(BIN)/uv pip compile $(SIGNING_FLAGS) $(if $(filter lock-upgrade,$@),--upgrade) --quiet -o $$tmp && \
+	{ cmp -s $$tmp requirements-signing.lock && echo "requirements-signing.lock unchanged" || \
+	  { cp $$tmp requirements-signing.lock && echo "requirements-signing.lock updated"; }; }; rm -f $$tmp
 
 # Fails if pyproject.toml's dependencies changed without `make lock` (keeps the lock's pins;
 # needs PyPI).
@@ -53,6 +64,10 @@ lock-check: venv
 	$(BIN)/uv pip compile $(LOCK_FLAGS) --quiet -o $$tmp && \
 	{ diff -u requirements.lock $$tmp && rm -f $$tmp && echo "requirements.lock is up to date"; } || \
 	{ rm -f $$tmp; echo "requirements.lock is stale: run make lock" >&2; exit 1; }
+	@tmp=$$(mktemp) && cp requirements-signing.lock $$tmp && \
+	$(BIN)/uv pip compile $(SIGNING_FLAGS) --quiet -o $$tmp && \
+	{ diff -u requirements-signing.lock $$tmp && rm -f $$tmp && echo "requirements-signing.lock is up to date"; } || \
+	{ rm -f $$tmp; echo "requirements-signing.lock is stale: run make lock" >&2; exit 1; }
 
 # CycloneDX JSON SBOM of the Python packages inside an image (make image writes one beside
 # every image it builds, in dist/images/); IMAGE=... for another.

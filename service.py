@@ -71,6 +71,7 @@ class OnnxServing:
         for stored in START.stored:
             loaded = self.runner.load(stored, START.signature)
             loaded.info["batching"] = START.batching.metadata()
+            loaded.info["integrity"] = START.integrity[str(stored.tag)]
         steps.done("model loaded and warmed up")
         respond = functools.partial(responder, model=PredictResponse)
         self.versions = Versions(self.runner, START.routing, respond)

@@ -30,6 +30,7 @@ import numpy as np
 from onnx_serving.config import DEFAULT_MODEL_NAME
 from onnx_serving.model import import_options as importing
 from onnx_serving.model import store as model_store
+from onnx_serving.model.signing import SigningError
 
 TRUE_SLOPE, TRUE_INTERCEPT = 2.0, 0.0
 FIT_TOLERANCE = 1e-6
@@ -258,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"train the demo model only if the store has no {DEFAULT_MODEL_NAME} yet "
         "(used by `make serve`); it never imports and never uses another name",
     )
+    parser.add_argument(
+        "--sign-key",
+        type=Path,
+        metavar="PEM",
+        help="sign the stored model with this EC private key (model-signing; `sign` later "
+        "does the same for a stored model); the key is never stored",
+    )
     importing.add_arguments(parser)
     return parser
 
@@ -268,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         from onnx_serving.model import optimize
 
         return optimize.main(argv[1:])
+    if argv[:1] in (["sign"], ["verify"]):  # signed models (model/signing.py)
+        from onnx_serving.model import signing
+
+        return signing.main(argv)
     if argv[:1] == ["convert"]:  # a scikit-learn pickle or TorchScript archive (convert/)
         from onnx_serving.model import convert
 
@@ -320,7 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         tag, note = model_store.save(onnx_bytes, args.name, args.version, labels, metadata, options)
         if note != "saved":
             print(note, file=sys.stderr)
-    except (model_store.InvalidModel, TrainingError) as exc:
+        if args.sign_key is not None:
+            from onnx_serving.model import signing
+
+            print(signing.sign_stored(tag, args.sign_key, None, []), file=sys.stderr)
+    except (model_store.InvalidModel, TrainingError, SigningError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     # file with the routing between them (default, canary, shadow), reloaded when it changes.
     model_tags: str = ""
     routing_file: Path | None = None
+    # Signed models (onnx_serving/model/signing.py): public keys or CA certificates (PEM),
+    # comma-separated; each served version must be signed by one of them. Unset: the SHA-256
+    # recorded at import is the check, as before.
+    model_verify_key: str = ""
     # Largest number of values (rows x features) one JSON request may carry.
     max_values: int = Field(1_000_000, gt=0)
     # Rows per chunk when /predict_file streams a large file through the model.
@@ -113,7 +117,15 @@ class Settings(BaseSettings):
                 f"({self.max_in_flight})"
             )
         self.api_key_hashes  # noqa: B018  (reads the key file: a bad one fails at start)
+        for path in self.verify_keys:
+            if not path.is_file():
+                raise ValueError(f"MODEL_VERIFY_KEY: no such file: {path}")
         return self
+
+    @property
+    def verify_keys(self) -> list[Path]:
+        """The trusted keys or certificates of MODEL_VERIFY_KEY; empty: no signature asked."""
+        return [Path(p.strip()) for p in self.model_verify_key.split(",") if p.strip()]
 
     @property
     def json_limit(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -21,10 +22,12 @@ from onnx_serving import _patches
 from onnx_serving.config import Settings, settings
 from onnx_serving.edge.error_contract import ErrorContract, install_log_filters
 from onnx_serving.edge.guards import Guards
+from onnx_serving.model import signing
 from onnx_serving.model import store as model_store
 from onnx_serving.model.batching import Batching, resolve
 from onnx_serving.model.runner import ModelRunner
 from onnx_serving.model.signature import InvalidModel, Signature
+from onnx_serving.model.signing import SigningError
 from onnx_serving.protocols.native import request_model, response_model
 from onnx_serving.protocols.openapi import CompleteDocs
 from onnx_serving.protocols.predict_route import PredictRoute
@@ -40,6 +43,7 @@ class Prepared:
     signature: Signature  # shared by every served version
     routing: Router
     batching: Batching  # as measured for the first version at import, unless the env says
+    integrity: dict[str, dict[str, str]]  # per served version: the check made, and its signer
     predict_request: type[BaseModel]
     batched_request: type[BaseModel]
     predict_response: type[BaseModel]
@@ -55,7 +59,8 @@ def prepare() -> Prepared:
         refs = [t.strip() for t in config.model_tags.split(",") if t.strip()]
         stored, signature = model_store.get_verified_set(refs or [config.model_ref])
         routing = Router.from_settings([str(s.tag) for s in stored], config.routing_file)
-        steps.done("versions verified (SHA-256)")
+        integrity = {str(s.tag): check_integrity(s, config.verify_keys) for s in stored}
+        steps.done("versions verified (" + ("signature" if config.verify_keys else "SHA-256") + ")")
         if bentoml.server_context.worker_index is None:
             # Not a worker: `bentoml serve` itself (or `bentoml build`). A model that can't
             # run would fail every worker at start: try it here, once.
@@ -67,6 +72,7 @@ def prepare() -> Prepared:
         model_store.ModelIntegrityError,
         InvalidModel,
         RoutingError,
+        SigningError,
         RuntimeError,
     ) as exc:
         raise SystemExit(f"error: {exc}") from None
@@ -77,6 +83,7 @@ def prepare() -> Prepared:
         signature=signature,
         routing=routing,
         batching=batching,
+        integrity=integrity,
         predict_request=request_model(signature, config.max_values),
         batched_request=request_model(
             signature, config.max_values, batching.max_batch_size, "BATCH_MAX_SIZE"
@@ -86,6 +93,26 @@ def prepare() -> Prepared:
     steps.done("request models")
     steps.log("prepared")
     return prepared
+
+
+def check_integrity(stored: Any, trusted: list[Path]) -> dict[str, str]:
+    """A version's signature verified against `trusted` (before it is loaded), or, with no
+    trusted keys, the SHA-256 check get_verified made: what /metadata reports."""
+    if not trusted:
+        return {"check": "sha256"}
+    who = signing.verify(Path(stored.path), trusted, str(stored.tag))
+    if bentoml.server_context.worker_index is None:  # once, not once per worker
+        logger.info(
+            "model %s: signature verified: %s (with %s)",
+            stored.tag,
+            who["signed_by"],
+            who["verified_with"],
+        )
+    return {
+        "check": "signature",
+        "signed_by": who["signed_by"],
+        "verified_with": who["verified_with"],
+    }
 
 
 class Steps:

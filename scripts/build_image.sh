@@ -35,25 +35,47 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/build-image.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 BENTOFILE=bentofile.yaml
 BASE_ID=python:3.11-slim
+BASE=""
 if [ "${OFFLINE:-0}" = 1 ]; then
     BASE=$(bash scripts/offline_base.sh | tail -n 1)
     BASE_ID=$(docker image inspect -f '{{.Id}}' "$BASE")
-    # Same recipe, other base: a derived bentofile, built with `bentoml build -f`
+    log "offline: base image $BASE"
+fi
+# A signed model (model.sig beside its files) gets an image that can verify it: the lock
+# with the `signing` extra (onnx_serving/model/signing.py, docs/signing.md).
+SIGNED=$("$PY" - <<'PY'
+import os
+
+import bentoml
+import yaml
+
+from onnx_serving.config import settings
+
+with open("bentofile.yaml") as f:
+    refs = set(yaml.safe_load(f)["models"]) | {settings().model_ref}
+print(int(any(os.path.isfile(bentoml.models.get(r).path_of("model.sig")) for r in refs)))
+PY
+)
+if [ -n "$BASE" ] || [ "$SIGNED" = 1 ]; then
+    # Same recipe, another base or lock: a derived bentofile, built with `bentoml build -f`
     # (paths in it, like dockerfile_template, stay relative to the build context).
     BENTOFILE=$WORK/bentofile.yaml
-    "$PY" - "$BASE" "$BENTOFILE" <<'PY'
+    "$PY" - "$BASE" "$SIGNED" "$BENTOFILE" <<'PY'
 import sys
 
 import yaml
 
-base, out = sys.argv[1:]
+base, signed, out = sys.argv[1:]
 with open("bentofile.yaml") as f:
     config = yaml.safe_load(f)
-config["docker"]["base_image"] = base
+if base:
+    config["docker"]["base_image"] = base
+if signed == "1":
+    config["python"]["requirements_txt"] = "requirements-signing.lock"
 with open(out, "w") as f:
     yaml.safe_dump(config, f, sort_keys=False)
 PY
-    log "offline: base image $BASE"
+    [ "$SIGNED" = 1 ] && log "signed model: the image gets the verifier (requirements-signing.lock)"
 fi
 
 GIT_REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
@@ -92,8 +114,12 @@ for path in (bentofile, config.docker.dockerfile_template, config.python.require
 refs = {m.tag for m in config.models} | {settings().model_ref}
 models = sorted({str(bentoml.models.get(ref).tag) for ref in refs})
 for tag in models:
-    sha = bentoml.models.get(tag).info.metadata["sha256"]
-    digest.update(f"{tag}={sha}\0".encode())
+    stored = bentoml.models.get(tag)
+    sha = stored.info.metadata["sha256"]
+    # Its signature too: signing a model (or signing it anew) makes another image.
+    bundle = stored.path_of("model.sig")
+    signed = hashlib.sha256(open(bundle, "rb").read()).hexdigest() if os.path.isfile(bundle) else ""
+    digest.update(f"{tag}={sha}={signed}\0".encode())
 digest.update(base_id.encode() + b"\0" + git_revision.encode())
 with open("pyproject.toml", "rb") as f:
     project_version = tomllib.load(f)["project"]["version"]

@@ -178,6 +178,68 @@ def built_image(docker_engine: None) -> BuiltImage:
     return BuiltImage(ref=ref, tags=tags, build_seconds=seconds)
 
 
+@dataclass
+class SignedImage:
+    ref: str
+    model_dir: Path  # the signed demo's files, as the image holds them
+    public: Path  # the key that signed it
+    other: Path  # a key that did not
+
+
+@pytest.fixture(scope="session")
+def signed_image(
+    built_image: BuiltImage, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SignedImage]:
+    """The demo model signed with a key made here, and its image (scripts/build_image.sh
+    gives a signed model's image the verifier); the image is removed at the end."""
+    import shutil
+
+    from test_signing import ec_key
+
+    tmp = tmp_path_factory.mktemp("signed_image")
+    home = tmp / "home"
+    shutil.copytree(Path(image_env()["BENTOML_HOME"]) / "models" / "linear-2x",
+                    home / "models" / "linear-2x")  # fmt: skip
+    private, public, _ = ec_key(tmp, "team")
+    other = ec_key(tmp, "other")[1]
+    env = {**image_env(), "BENTOML_HOME": str(home)}
+    signed = subprocess.run(
+        [str(VENV_PYTHON), "train_and_save.py", "sign", "linear-2x:latest", "--key", str(private)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert signed.returncode == 0, signed.stdout + signed.stderr
+    started = time.monotonic()
+    build = subprocess.run(
+        ["bash", "scripts/build_image.sh"],
+        cwd=ROOT, env={**env, "OFFLINE": "1"}, capture_output=True, text=True, timeout=1200,
+        check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout + build.stderr[-5000:]
+    assert "the image gets the verifier" in build.stderr
+    ref = build.stdout.strip().splitlines()[-1]
+    size_mb = int(docker("image", "inspect", "-f", "{{.Size}}", ref)) / 1e6
+    FIGURES["signed model's image (with the verifier)"] = (
+        f"{size_mb:.0f} MB, built in {time.monotonic() - started:.0f} s"
+    )
+    (model_dir,) = (home / "models" / "linear-2x").glob("*/model.sig")
+    try:
+        yield SignedImage(ref, model_dir.parent, public, other)
+    finally:
+        docker("rmi", "-f", ref, "onnx-serving:latest", check=False)
+        docker("tag", built_image.ref, "onnx-serving:latest", check=False)
+
+
+def refused_start(image: str, *run_args: str) -> str:
+    """`docker run` of `image` with `run_args`, which must stop at start: its output."""
+    result = subprocess.run(
+        ["docker", "run", "--rm", "--network", "host", *run_args, "-e", "GRPC_PORT=0",
+         image, "serve", "--port", str(free_port())],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout + result.stderr
+
+
 @pytest.fixture(scope="session")
 def image_container(built_image: BuiltImage) -> Iterator[Container]:
     """The image serving on a free loopback port; removed at the end, also on failure."""

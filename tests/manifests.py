@@ -21,7 +21,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ["overlays/dev", "overlays/prod", "overlays/canary", "custom-metrics", "load-test"]
+OVERLAYS = [
+    "overlays/dev",
+    "overlays/prod",
+    "overlays/canary",
+    "overlays/signed",
+    "custom-metrics",
+    "load-test",
+]
 # The oldest and the newest Kubernetes minor the manifests are validated against.
 KUBERNETES_VERSIONS = ["1.30", "1.37"]
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}

@@ -64,7 +64,9 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-@pytest.mark.parametrize("overlay", ["overlays/dev", "overlays/prod", "overlays/canary"])
+@pytest.mark.parametrize(
+    "overlay", ["overlays/dev", "overlays/prod", "overlays/canary", "overlays/signed"]
+)
 def test_selectors_probes_ports_and_targets_agree(
     rendered: dict[str, list[dict[str, Any]]], overlay: str
 ) -> None:
@@ -236,3 +238,21 @@ def test_ci_template_schema_check_can_fail(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode != 0
+
+
+def test_the_signed_overlay_mounts_the_public_key_that_model_verify_key_names(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """overlays/signed: prod, with the trusted public key from a ConfigMap, read-only, and
+    MODEL_VERIFY_KEY naming the file in the mount (docs/signing.md)."""
+    deployment = one(rendered["overlays/signed"], "Deployment", "onnx-serving")
+    pod = deployment["spec"]["template"]["spec"]
+    container = service_container(deployment)
+    volume = next(v for v in pod["volumes"] if v["name"] == "verify-key")
+    assert volume["configMap"]["name"] == "model-verify-key"
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "verify-key")
+    assert mount["readOnly"] is True
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MODEL_VERIFY_KEY"].startswith(mount["mountPath"] + "/")
+    prod = one(rendered["overlays/prod"], "Deployment", "onnx-serving")
+    assert deployment["metadata"]["namespace"] == prod["metadata"]["namespace"]

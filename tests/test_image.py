@@ -11,11 +11,21 @@ import re
 import subprocess
 import time
 import tomllib
+from pathlib import Path
 
 import httpx
 import pytest
 from endpoint_checks import JSON, check_predict, check_predict_file_csv, check_predict_file_npy
-from image_support import FIGURES, ROOT, BuiltImage, Container, docker, median_seconds
+from image_support import (
+    FIGURES,
+    ROOT,
+    BuiltImage,
+    Container,
+    SignedImage,
+    docker,
+    median_seconds,
+    refused_start,
+)
 
 pytestmark = pytest.mark.image
 
@@ -88,6 +98,45 @@ def test_v2_over_grpc_with_tritonclient(
     assert result.get_response().model_version == version
     health = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
     assert health.Check(health_pb2.HealthCheckRequest()).status == 1  # SERVING
+
+
+def test_a_signed_model_s_image_verifies_it_at_start(signed_image: SignedImage) -> None:
+    key = [
+        "-v",
+        f"{signed_image.public}:/keys/team.pub:ro",
+        "-e",
+        "MODEL_VERIFY_KEY=/keys/team.pub",
+    ]
+    container = Container(signed_image.ref, run_args=key)
+    try:
+        container.start(timeout=90)
+        integrity = httpx.get(f"{container.url}/metadata").json()["integrity"]
+        answer = httpx.post(f"{container.url}/predict", json={"x": [1.5]}).json()
+    finally:
+        container.remove()
+    assert integrity["check"] == "signature" and integrity["verified_with"] == "team.pub"
+    assert answer["y"] == [3.0]
+
+
+def test_the_image_refuses_what_its_key_did_not_sign(
+    signed_image: SignedImage, built_image: BuiltImage, tmp_path: Path
+) -> None:
+    def key(path: Path) -> list[str]:
+        return ["-v", f"{path}:/keys/team.pub:ro", "-e", "MODEL_VERIFY_KEY=/keys/team.pub"]
+
+    # Signed by another key.
+    out = refused_start(signed_image.ref, *key(signed_image.other))
+    assert "refusing to serve linear-2x:" in out and "signed by another key" in out, out
+    # A file of the model changed after signing (mounted over the image's own).
+    yaml = tmp_path / "model.yaml"
+    yaml.write_text((signed_image.model_dir / "model.yaml").read_text() + "# edited\n")
+    yaml.chmod(0o644)
+    inside = f"/home/bentoml/bento/models/linear-2x/{signed_image.model_dir.name}/model.yaml"
+    out = refused_start(signed_image.ref, *key(signed_image.public), "-v", f"{yaml}:{inside}:ro")
+    assert "a file changed after it was signed: model.yaml" in out, out
+    # An image of an unsigned model, told to verify: nothing signed it.
+    out = refused_start(built_image.ref, *key(signed_image.public))
+    assert "refusing to serve linear-2x:" in out and "it is not signed" in out, out
 
 
 def test_health_and_metrics(http: httpx.Client) -> None:

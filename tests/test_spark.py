@@ -243,3 +243,33 @@ def test_the_batch_benchmark_prints_rows_per_second(
     assert all(rates[p]["20000"] > 0 for p in rates)
     for path in paths:
         assert path in result.stdout
+
+
+def test_with_a_verify_key_only_a_signed_model_runs(
+    java: None, model_home: Path, tmp_path: Path
+) -> None:
+    """MODEL_VERIFY_KEY: the driver verifies the signature before Spark starts, and the
+    executors check the shipped file against the SHA-256 the signature lists."""
+    from test_signing import ec_key
+
+    home = tmp_path / "home"
+    shutil.copytree(model_home / "models", home / "models", symlinks=False)
+    private, public, _ = ec_key(tmp_path, "team")
+    (tmp_path / "in.csv").write_text("x\n1\n2.5\n")
+    out = tmp_path / "out"
+    args = ("--input", str(tmp_path / "in.csv"), "--output", str(out))
+    os.environ["MODEL_VERIFY_KEY"] = str(public)
+    try:
+        unsigned = spark_infer_cli(home, *args)
+        signed = subprocess.run(
+            [sys.executable, str(ROOT / "train_and_save.py"), "sign", "linear-2x:latest",
+             "--key", str(private)],
+            env={**os.environ, "BENTOML_HOME": str(home)}, capture_output=True, text=True,
+        )  # fmt: skip
+        assert signed.returncode == 0, signed.stderr
+        ran = spark_infer_cli(home, *args)
+    finally:
+        del os.environ["MODEL_VERIFY_KEY"]
+    assert unsigned.returncode == 1 and "it is not signed" in unsigned.stderr, unsigned.stderr
+    assert ran.returncode == 0, ran.stderr
+    assert part_files(out).decode().splitlines()[1:] == ["1,2", "2.5,5"]

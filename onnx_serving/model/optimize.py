@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from onnx_serving.model import batching
+from onnx_serving.model import batching, signing
 from onnx_serving.model import store as model_store
 from onnx_serving.model.runner import session_options
 
@@ -80,10 +80,13 @@ def compare(parent: Any, variant: Any, sig: Any) -> dict[str, Any]:
     return result
 
 
-def optimize(tag: str, mode: str, max_error: float, version: str | None) -> tuple[str, dict]:
+def optimize(
+    tag: str, mode: str, max_error: float, version: str | None, sign_key: Path | None = None
+) -> tuple[str, dict]:
     import onnxruntime as ort
 
     stored = model_store.get_verified(tag)
+    lineage = parent_signature(stored, sign_key)
     sig = model_store.signature_of(stored)
     parent_bytes = Path(stored.path_of(model_store.ONNX_FILENAME)).read_bytes()
     variant_bytes = make_variant(parent_bytes, mode)
@@ -116,9 +119,38 @@ def optimize(tag: str, mode: str, max_error: float, version: str | None) -> tupl
         stored.tag.name,
         version or f"{mode}-{digest[:16]}",
         labels,
-        {"optimized": report, "origin": "optimize"},
+        {"optimized": report, "origin": "optimize", **lineage},
     )
+    if sign_key is not None:
+        import bentoml
+
+        signing.sign(Path(bentoml.models.get(new_tag).path), sign_key)
     return new_tag, report
+
+
+def parent_signature(stored: Any, sign_key: Path | None) -> dict[str, Any]:
+    """The parent's signature, for the variant's metadata (`parent_signature`: the bundle's
+    SHA-256 and signer), checked before anything is made: with --sign-key, the parent must be
+    signed, and by that key."""
+    parent_dir = Path(stored.path)
+    if not signing.is_signed(parent_dir):
+        if sign_key is not None:
+            raise signing.SigningError(
+                f"{stored.tag} is not signed, so its variant can't carry a signature of its "
+                f"line: sign it first (train_and_save.py sign {stored.tag} --key ...)"
+            )
+        return {}
+    signer = signing.signer(parent_dir)["signed_by"]
+    if sign_key is not None and signer.startswith("key sha256:"):
+        mine = signing.key_fingerprint(sign_key)
+        if mine is None:
+            raise signing.SigningError(f"{sign_key} is not an unencrypted EC private key (PEM)")
+        if signer != f"key sha256:{mine}":
+            raise signing.SigningError(
+                f"{stored.tag} was signed by another key ({signer}) than {sign_key.name}: a "
+                "variant is signed by its parent's key"
+            )
+    return {"parent_signature": {"sha256": signing.bundle_digest(parent_dir), "signed_by": signer}}
 
 
 def main(argv: list[str]) -> int:
@@ -136,11 +168,17 @@ def main(argv: list[str]) -> int:
         help="largest absolute error allowed against the parent (default: %(default)s)",
     )
     parser.add_argument("--version", help="the new version (default: <mode>-<sha256 prefix>)")
+    parser.add_argument(
+        "--sign-key",
+        type=Path,
+        metavar="PEM",
+        help="sign the variant with this EC private key, the one that signed its parent",
+    )
     args = parser.parse_args(argv)
     model_store.use_project_store()
     try:
-        tag, report = optimize(args.tag, args.mode, args.max_error, args.version)
-    except (model_store.InvalidModel, model_store.ModelNotFound) as exc:
+        tag, report = optimize(args.tag, args.mode, args.max_error, args.version, args.sign_key)
+    except (model_store.InvalidModel, model_store.ModelNotFound, signing.SigningError) as exc:
         print(f"error: {exc}")
         return 1
     costs, parent_costs = report["cost_ms"], report["parent_cost_ms"]

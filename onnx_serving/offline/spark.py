@@ -71,10 +71,16 @@ class ShippedModel:
 
 def prepare(tag: str) -> ShippedModel:
     """Driver side: the stored model, verified; ModelIntegrityError if its hash is wrong."""
+    from onnx_serving.config import settings
+    from onnx_serving.model import signing
     from onnx_serving.model import store as model_store
 
     stored = model_store.get_verified(tag)
     sha = stored.info.metadata["sha256"]
+    if settings().verify_keys:  # MODEL_VERIFY_KEY: signed, or the job doesn't start
+        who = signing.verify(Path(stored.path), settings().verify_keys, str(stored.tag))
+        # The executors check the shipped file against the digest the signature lists.
+        sha = who["files"][model_store.ONNX_FILENAME]
     # Named by content: two models in one Spark session don't collide in SparkFiles.
     path = Path(tempfile.gettempdir()) / "onnx_serving-spark" / f"{sha}.onnx"
     if not path.exists() or sha256_file(path) != sha:
@@ -306,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     args = p.parse_args(argv)
     from onnx_serving.config import settings
+    from onnx_serving.model import signing
     from onnx_serving.model import store as model_store
 
     model_store.use_project_store()  # the store `make serve` serves from, in a checkout
@@ -317,7 +324,12 @@ def main(argv: list[str] | None = None) -> int:
                 args.overwrite)  # fmt: skip
         finally:
             spark.stop()
-    except (SparkJobError, model_store.ModelNotFound, ModelIntegrityError) as exc:
+    except (
+        SparkJobError,
+        model_store.ModelNotFound,
+        ModelIntegrityError,
+        signing.SigningError,
+    ) as exc:
         print(f"spark_infer: {exc}", file=sys.stderr)
         return 1
     print(f"spark_infer: {args.input} -> {args.output} ({model.tag})", file=sys.stderr)
