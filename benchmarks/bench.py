@@ -112,7 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     meta["loadavg_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     meta["minutes"] = round((time.monotonic() - started) / 60, 1)
     add_ratios(results.rows, results.limits)
-    checks = targets(results.rows, results.limits, results.batching, plan.file_rows, results.paired)
+    checks = targets(
+        results.rows,
+        results.limits,
+        results.batching,
+        plan.file_rows,
+        results.paired,
+        results.causes,
+    )
     models_info = {
         m: {
             "about": MODELS[m][1],
@@ -134,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "limits": limits,
         "batching": results.batching,
         "paired": results.paired,
+        "causes": results.causes,
         "rows": records,
         "targets": checks,
     }

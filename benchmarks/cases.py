@@ -29,7 +29,7 @@ from benchmarks.servers import (
     start_baseline,
     start_bentoml,
 )
-from benchmarks.targets import DEMO, FOREST, MLP
+from benchmarks.targets import DEMO, FOREST, MLP, PAIRED_TARGETS
 from harness.local_server import free_port
 
 # The models: name in the store, features per row, what it shows, its committed file.
@@ -67,6 +67,9 @@ class Results:
     limits: dict[str, dict]
     batching: dict[str, dict]
     paired: dict[str, list[float]] = field(default_factory=dict)
+    # Per model whose paired target was missed: µs of CPU per request by layer, (service,
+    # baseline), sampled right after the rounds (Runner.causes).
+    causes: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
 
 
 def import_bench_models(models: list[str]) -> None:
@@ -184,11 +187,34 @@ class Runner:
                               features=features)  # fmt: skip
             ratios.append(ours.rps / theirs.rps if theirs.rps else 0.0)
         self.results.paired[model] = ratios
+        want = PAIRED_TARGETS.get(model)
+        if want and statistics.median(ratios) < want and not self.plan.smoke:
+            self.causes(srv, base, model, body)
         print(
             f"  {model} /predict c=16 against the baseline, {rounds} alternating round(s): "
             f"{statistics.median(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)})",
             flush=True,
         )
+
+    def causes(self, srv: Server, base: Server, model: str, body: Path) -> None:
+        """A missed target's cause, layer by layer: both servers profiled under the same load
+        as the rounds (benchmarks/profile.py, py-spy), each layer's µs of CPU per request."""
+        from benchmarks.profile import profile
+
+        (worker,) = srv.workers()
+        seconds = max(4.0, self.plan.duration)
+        ours = profile(srv, worker.pid, body, seconds, self.tmp / f"{model}-service.raw")
+        theirs = profile(base, base.proc.pid, body, seconds, self.tmp / f"{model}-base.raw")
+        layers = set(ours["layers"]) | set(theirs["layers"])
+        self.results.causes[model] = {
+            name: (
+                ours["layers"].get(name, {}).get("us", 0.0),
+                theirs["layers"].get(name, {}).get("us", 0.0),
+            )
+            for name in layers
+        }
+        print(f"  {model}: profiled both, {ours['cpu_us_per_request']:.0f} against "
+              f"{theirs['cpu_us_per_request']:.0f} µs CPU/request", flush=True)  # fmt: skip
 
     # --- the demo model: large requests, binary, V2, files --------------------------------
 

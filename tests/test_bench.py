@@ -85,3 +85,14 @@ def test_the_profile_runs_and_splits_every_request_s_cpu(model_home: Path, tmp_p
         assert abs(sum(shares) - 1) < 1e-6, measured
     assert "model: ONNX Runtime" in report["service"]["layers"]
     assert (tmp_path / "linear-2x-service.raw").stat().st_size > 0
+
+
+def test_a_missed_ratio_is_explained_layer_by_layer() -> None:
+    from benchmarks.targets import layer_by_layer
+
+    said = layer_by_layer(
+        {"codec": (30.0, 0.0), "routing": (10.0, 70.0), "model": (12.0, 14.0), "loop": (20.0, 8.0)}
+    )
+    assert said.startswith("cause, µs of CPU per request, service vs baseline: 72 vs 92 in all")
+    assert "more: codec 30 vs 0, loop 20 vs 8;" in said and "less: routing 10 vs 70" in said
+    assert "model" not in said  # within 5 µs: not a cause

@@ -17,7 +17,15 @@ from typing import Any
 from onnx_serving import errors
 from onnx_serving.config import Settings
 from onnx_serving.edge.error_contract import reply
-from onnx_serving.edge.route_table import JSON_MEMBERS, Route, header, route_of
+from onnx_serving.edge.route_table import (
+    JSON_MEMBERS,
+    ROUTES,
+    V2_INFER,
+    V2_MODEL,
+    Route,
+    header,
+    route_of,
+)
 
 
 class Guards:
@@ -113,15 +121,19 @@ class BodyBudget:
         from onnx_serving.edge.route_table import body_limit, json_budget
 
         self.settings = settings
-        self.limit_of = lambda rule: body_limit(rule, settings)
         self.budget = json_budget(settings)
+        # Each route's limit and its setting, worked out once (None: no rule, V2's limit).
+        self.limits = {
+            rule: body_limit(rule, settings)
+            for rule in (*ROUTES.values(), V2_INFER, V2_MODEL, None)
+        }
 
     async def __call__(
         self, app: Any, scope: dict, receive: Any, send: Any, rule: Route | None
     ) -> None:
         """`app` called with `receive` counting what the body holds against `rule`'s limits."""
         path = scope["path"]
-        limit, setting = self.limit_of(rule)
+        limit, setting = self.limits[rule]
         length = header(scope, b"content-length")
         counted = rule is not None and rule.json_values
 
