@@ -90,13 +90,18 @@ def targets(
     two = [r.rps for r in rows if r.case == "/predict, WORKERS=2"]
     if one and two:
         ratio = statistics.median(two) / statistics.median(one)
-        gen = [r.loadgen_cpu or 0.0 for r in rows if r.case == "/predict, WORKERS=2"]
+        twos = [r for r in rows if r.case == "/predict, WORKERS=2"]
+        gen, srv = [r.loadgen_cpu or 0.0 for r in twos], [r.server_cpu or 0.0 for r in twos]
+        us2 = [r.cpu_us_per_req or 0.0 for r in twos]
+        us1 = [r.cpu_us_per_req or 0.0 for r in rows if r.case == "/predict, WORKERS=1"]
         check(
             "WORKERS=2 on 2 cores >= 1.8x one worker, /predict c=16",
             ratio >= 1.8,
             f"{ratio:.2f}x (medians {statistics.median(two):,.0f} vs "
             f"{statistics.median(one):,.0f} req/s over {len(one)} alternating rounds); wrk "
-            f"itself took {statistics.median(gen):.0f}% of a core of the same two",
+            f"itself took {statistics.median(gen):.0f}% of a core of the same two; the workers "
+            f"{statistics.median(srv):.0f}%, at {statistics.median(us2):.0f} against "
+            f"{statistics.median(us1):.0f} µs of CPU a request",
         )
 
     # The Open Inference Protocol three ways (Runner.protocols): shown, no target.
