@@ -36,7 +36,6 @@ from onnx_serving.errors import ServingError
 from onnx_serving.model.feeds import BatchPredictions, BatchRefusal, Feeds
 from onnx_serving.model.runner import ModelRunner
 from onnx_serving.protocols.files import FileRequest, predict_file
-from onnx_serving.protocols.grpc_server import GrpcServer
 from onnx_serving.protocols.http_routes import app as plain_routes
 from onnx_serving.protocols.native import responder
 from onnx_serving.protocols.predict_route import PredictRoute
@@ -94,6 +93,9 @@ class OnnxServing:
         if START.routing.file is not None:
             self.watcher = asyncio.get_running_loop().create_task(START.routing.watch())
         if START.settings.grpc_port:
+            # Imported here, in the workers only: `bentoml serve` itself starts faster.
+            from onnx_serving.protocols.grpc_server import GrpcServer
+
             self.grpc = GrpcServer(START.settings, self.versions, self.ready)
             await self.grpc.start()
             DRAINER.on_drain(self.grpc.not_serving, self.grpc.stop)

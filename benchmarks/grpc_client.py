@@ -16,6 +16,7 @@ import time
 import grpc
 import numpy as np
 
+from benchmarks.pyclient import summary
 from onnx_serving.protocols.grpc_stubs import open_inference_pb2 as pb
 from onnx_serving.protocols.grpc_stubs import open_inference_pb2_grpc as pb_grpc
 
@@ -48,17 +49,8 @@ async def run(address: str, message: pb.ModelInferRequest, conns: int, duration:
                     errors += 1
 
         await asyncio.gather(*(caller() for _ in range(conns)))
-        elapsed = time.perf_counter() - started
-    lat_us = np.array(latencies or [0.0]) * 1e6
-    return {
-        "requests": len(latencies) + errors,
-        "duration_us": int(elapsed * 1e6),
-        "errors": errors,
-        "p50_us": float(np.percentile(lat_us, 50)),
-        "p90_us": float(np.percentile(lat_us, 90)),
-        "p99_us": float(np.percentile(lat_us, 99)),
-        "max_us": float(lat_us.max()),
-    }
+        result = summary(latencies, errors, time.perf_counter() - started)
+    return {**result, "requests": len(latencies) + errors}
 
 
 def main() -> None:

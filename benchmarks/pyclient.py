@@ -54,12 +54,16 @@ async def run(host: str, port: int, path: str, body: bytes, conns: int, duration
     errors = await asyncio.gather(
         *(_connection(host, port, request, deadline, latencies) for _ in range(conns))
     )
-    elapsed = time.perf_counter() - started
+    return summary(latencies, sum(errors), time.perf_counter() - started)
+
+
+def summary(latencies: list[float], errors: int, elapsed: float) -> dict:
+    """What a Python load client prints: requests answered, errors, latency percentiles (µs)."""
     lat_us = np.array(latencies or [0.0]) * 1e6
     return {
         "requests": len(latencies),
         "duration_us": int(elapsed * 1e6),
-        "errors": sum(errors),
+        "errors": errors,
         "p50_us": float(np.percentile(lat_us, 50)),
         "p90_us": float(np.percentile(lat_us, 90)),
         "p99_us": float(np.percentile(lat_us, 99)),

@@ -155,6 +155,19 @@ def docker_engine() -> None:
         pytest.skip(message)
 
 
+def build_image(env: dict[str, str]) -> tuple[str, float, str]:
+    """scripts/build_image.sh from the offline base with `env`: the image, the seconds it
+    took, and what the script said on the way."""
+    started = time.monotonic()
+    build = subprocess.run(
+        ["bash", "scripts/build_image.sh"],
+        cwd=ROOT, env={**env, "OFFLINE": "1"}, capture_output=True, text=True, timeout=1200,
+        check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout + build.stderr[-5000:]
+    return build.stdout.strip().splitlines()[-1], time.monotonic() - started, build.stderr
+
+
 @pytest.fixture(scope="session")
 def built_image(docker_engine: None) -> BuiltImage:
     """The image, built once per run from the offline base (no registry is reachable)."""
@@ -164,15 +177,7 @@ def built_image(docker_engine: None) -> BuiltImage:
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert model.returncode == 0, model.stdout + model.stderr
-    started = time.monotonic()
-    build = subprocess.run(
-        ["bash", "scripts/build_image.sh"],
-        cwd=ROOT, env={**env, "OFFLINE": "1"}, capture_output=True, text=True, timeout=1200,
-        check=False,
-    )  # fmt: skip
-    assert build.returncode == 0, build.stdout + build.stderr[-5000:]
-    seconds = time.monotonic() - started
-    ref = build.stdout.strip().splitlines()[-1]
+    ref, seconds, _ = build_image(env)
     tags = json.loads(docker("image", "inspect", "-f", "{{json .RepoTags}}", ref))
     FIGURES["build (scripts/build_image.sh, OFFLINE=1)"] = f"{seconds:.0f} s"
     return BuiltImage(ref=ref, tags=tags, build_seconds=seconds)
@@ -208,18 +213,11 @@ def signed_image(
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert signed.returncode == 0, signed.stdout + signed.stderr
-    started = time.monotonic()
-    build = subprocess.run(
-        ["bash", "scripts/build_image.sh"],
-        cwd=ROOT, env={**env, "OFFLINE": "1"}, capture_output=True, text=True, timeout=1200,
-        check=False,
-    )  # fmt: skip
-    assert build.returncode == 0, build.stdout + build.stderr[-5000:]
-    assert "the image gets the verifier" in build.stderr
-    ref = build.stdout.strip().splitlines()[-1]
+    ref, seconds, said = build_image(env)
+    assert "the image gets the verifier" in said
     size_mb = int(docker("image", "inspect", "-f", "{{.Size}}", ref)) / 1e6
     FIGURES["signed model's image (with the verifier)"] = (
-        f"{size_mb:.0f} MB, built in {time.monotonic() - started:.0f} s"
+        f"{size_mb:.0f} MB, built in {seconds:.0f} s"
     )
     (model_dir,) = (home / "models" / "linear-2x").glob("*/model.sig")
     try:
