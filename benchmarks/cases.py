@@ -254,7 +254,7 @@ class Runner:
 
     # --- every core -------------------------------------------------------------------------
 
-    def workers(self, rounds: int = 2) -> None:
+    def workers(self, rounds: int = 3) -> None:
         """One worker against two, both unpinned on every core, wrk's two threads too,
         alternating so that the machine's moods fall on both."""
         one_body = bodies.json_body(self.tmp, 1, 1)

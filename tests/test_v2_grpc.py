@@ -304,3 +304,45 @@ def test_sigterm_finishes_calls_in_flight_and_turns_health_off(
         server.stop()
     assert status == health_pb2.HealthCheckResponse.NOT_SERVING
     assert answers == [demo_tag.split(":")[0]] * 8
+
+
+def test_the_canary_key_picks_the_same_version_as_over_rest(
+    two_versions: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Without model_version, the routing picks: the canary by the `x-request-key` metadata,
+    as REST picks it by the X-Request-Key header."""
+    from version_models import TRIPLE, serving
+
+    home, demo = two_versions
+    port = free_port()
+    routing = f"default: {demo}\ncanary: {{version: v3, percent: 50}}\n"
+    with serving(home, tmp_path, [demo, TRIPLE], routing, GRPC_PORT=str(port)) as (server, _):
+        picked = {}
+        for key in (f"user-{i}" for i in range(40)):
+            request = demo_request(demo)
+            response = stub(f"127.0.0.1:{port}").ModelInfer(
+                request, metadata=(("x-request-key", key),)
+            )
+            rest = httpx.post(
+                f"{server.url}/predict", json={"x": [1.0, 2.0]}, headers={"X-Request-Key": key}
+            )
+            picked[key] = (response.model_version, rest.json()["model"].split(":")[1])
+    assert all(grpc_v == rest_v for grpc_v, rest_v in picked.values()), picked
+    assert {v for v, _ in picked.values()} == {demo.split(":")[1], "v3"}  # both were picked
+
+
+def test_reflection_when_asked_for(model_home: Path, tmp_path: Path) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    port = free_port()
+    env = {"GRPC_PORT": str(port), "GRPC_REFLECTION": "true"}
+    with (
+        running(model_home, tmp_path / "serve.log", **env),
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        ask = reflection_pb2.ServerReflectionRequest(list_services="")
+        (answer,) = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([ask])
+        )
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names

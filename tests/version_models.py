@@ -42,12 +42,13 @@ def two_versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 @contextlib.contextmanager
 def serving(
-    home: Path, tmp: Path, tags: list[str], routing: str, workers: int = 1
+    home: Path, tmp: Path, tags: list[str], routing: str, workers: int = 1, **extra: str
 ) -> Iterator[tuple[BentoServer, Path]]:
     """`tags` served side by side with `routing` as the routing file (which the test may
     rewrite), stopped on the way out."""
     file = tmp / "routing.yaml"
     file.write_text(routing)
     env = {"MODEL_TAGS": ",".join(tags), "ROUTING_FILE": str(file), "WORKERS": str(workers)}
+    env |= extra
     with running(home, tmp / "serve.log", **env) as server:
         yield server, file
