@@ -51,7 +51,8 @@ class Prepared:
 
 def prepare() -> Prepared:
     steps = Steps()
-    _patches.install()
+    # The workers check every private name; `bentoml serve` itself the versions (install).
+    _patches.install(targets=bentoml.server_context.worker_index is not None)
     install_log_filters()
     steps.done("patches")
     try:

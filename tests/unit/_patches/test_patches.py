@@ -82,5 +82,22 @@ def test_the_service_refuses_to_start_with_one_line_when_a_patch_no_longer_fits(
     )
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith("error: the service's patches"), done.stderr
-    assert "uvicorn-drain: uvicorn.server.ServerState is gone" in done.stderr
+    assert "cannot import name 'ServerState' from 'uvicorn.server'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_bentoml_serve_checks_versions_and_the_workers_every_private_name() -> None:
+    """`bentoml serve` itself (no worker index) checks the pinned versions without importing
+    the patched app modules; a worker checks every target."""
+    script = (
+        "import sys, bentoml; from onnx_serving import _patches\n"
+        "_patches.check(targets=False)\n"
+        "print('_bentoml_impl.server.app' in sys.modules)\n"
+        "_patches.check()\n"
+        "print('_bentoml_impl.server.app' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
