@@ -106,6 +106,7 @@ class OnnxServing:
             await self.grpc.stop(START.settings.drain_close_grace_s)
 
     def ready(self) -> bool:
+        """Loaded, warmed up and not draining: V2's readiness over REST and gRPC."""
         return bool(self.runner.models) and not DRAINER.draining
 
     async def __is_ready__(self) -> bool:

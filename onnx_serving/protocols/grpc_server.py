@@ -119,8 +119,8 @@ REFUSAL = grpc.unary_unary_rpc_method_handler(_refuse)
 
 
 class GrpcServer:
-    """One worker's gRPC server: `start` in the worker's startup, `drain` on SIGTERM, `stop`
-    at shutdown."""
+    """One worker's gRPC server: `start` in the worker's startup; on SIGTERM `not_serving`
+    at once and `stop` when HTTP stops listening (the drain's hooks); `stop` at shutdown."""
 
     def __init__(self, settings: Settings, versions: Any, is_ready: Any) -> None:
         self.settings, self.versions, self.is_ready = settings, versions, is_ready
@@ -167,14 +167,8 @@ class GrpcServer:
         self.server = server
         logger.info("gRPC: the Open Inference Protocol and grpc.health.v1 on %s", address)
 
-    async def drain(self, grace_s: float) -> None:
-        """Health NOT_SERVING now; no new calls, and `grace_s` for those in flight."""
-        if self.server is None:
-            return
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace_s)
-
     async def not_serving(self) -> None:
+        """Health NOT_SERVING (SIGTERM: Kubernetes' gRPC probe takes the pod out)."""
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
 

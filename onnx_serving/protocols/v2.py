@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from onnx_serving.edge.route_table import client_key
+from onnx_serving.protocols import v2_codec as codec
 from onnx_serving.protocols.v2_codec import (
     HEADER_LENGTH,
     InferRequest,
@@ -65,12 +66,7 @@ def _model(name: str, version: str | None, request: Request | None = None) -> tu
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> dict[str, Any]:
-    from bentoml import server_context
-
-    # The bento's version inside an image; a plain `bentoml serve` has none.
-    version = server_context.bento_version
-    version = "dev" if not version or version == "not available" else version
-    return {"name": "onnx-serving", "version": version, "extensions": ["binary_tensor_data"]}
+    return codec.server_metadata(["binary_tensor_data"])
 
 
 @router.get("/health/live", summary="Server liveness")
@@ -82,11 +78,10 @@ async def live() -> dict[str, bool]:
 async def ready() -> JSONResponse:
     import bentoml
 
-    from onnx_serving._patches.uvicorn_drain import DRAINER
-
-    # As /readyz: loaded, warmed up, and not draining after SIGTERM.
-    runner = getattr(bentoml.get_current_service(), "runner", None)
-    ok = bool(runner and runner.models) and not DRAINER.draining
+    # As /readyz and gRPC's ServerReady (the service's ready()): loaded, warmed up, and not
+    # draining after SIGTERM.
+    service = bentoml.get_current_service()
+    ok = bool(getattr(service, "runner", None) and service.ready())
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
@@ -117,20 +112,8 @@ async def model_metadata(request: Request) -> JSONResponse:
     version = request.path_params.get("version")
     model, _ = _model(name, version)
     sig = model.signature
-    tag_name, tag_version = model.tag.split(":")
-    every = [t.split(":")[1] for t in _served().runner.models if t.split(":")[0] == tag_name]
-
-    def tensors(specs: Any) -> list[dict[str, Any]]:
-        return [{"name": s.name, "datatype": s.datatype, "shape": s.v2_shape()} for s in specs]
-
-    body = {
-        "name": tag_name,
-        "versions": [tag_version] if version else every,
-        "platform": "onnxruntime_onnx",
-        "inputs": tensors(sig.inputs),
-        "outputs": tensors(sig.outputs),
-        "parameters": {"classes": list(sig.classes), "batching": sig.batching_note()},
-    }
+    body = codec.model_metadata(model, list(_served().runner.models), version)
+    body["parameters"] = {"classes": list(sig.classes), "batching": sig.batching_note()}
     return JSONResponse(body)
 
 

@@ -89,8 +89,7 @@ def _decode(
     # Before anything is allocated for it (a shape of 65 dimensions or [0, 2**63] included).
     count = check_shape(t.shape, where, max_values, max_rank)
     if binary is not None:
-        values = from_bytes(binary, dtype, count, where)
-        values = check_values(values, dtype, where, allow_nan)
+        values = raw_values(binary, dtype, count, where, allow_nan)
     else:
         if t.data is None:
             raise V2Error(f"{where} has neither data nor parameters.binary_data_size")
@@ -104,6 +103,54 @@ def _decode(
         if values.size != count:
             raise V2Error(f"{where}: shape {t.shape} holds {count} values, data has {values.size}")
     return values.reshape(t.shape)
+
+
+def raw_values(
+    data: bytes | memoryview, dtype: np.dtype, count: int, where: str, allow_nan: bool
+) -> np.ndarray:
+    """A tensor's raw bytes (the binary extension's, gRPC's raw contents), flat and checked."""
+    return check_values(from_bytes(data, dtype, count, where), dtype, where, allow_nan)
+
+
+def check_inputs(sig: Any, given: list[tuple[str, str]]) -> None:
+    """The request's (name, datatype) pairs against the model's inputs: every input once,
+    each with the model's datatype."""
+    names = [name for name, _ in given]
+    wanted = [s.name for s in sig.inputs]
+    if sorted(names) != sorted(wanted):
+        raise V2Error(f"the model takes inputs {wanted}, the request has {names}")
+    for name, datatype in given:
+        spec = sig.input(name)
+        if datatype != spec.datatype:
+            raise V2Error(f"input {name!r} is {datatype}; the model takes {spec.datatype}")
+
+
+def server_metadata(extensions: list[str]) -> dict[str, Any]:
+    from bentoml import server_context
+
+    # The bento's version inside an image; a plain `bentoml serve` has none.
+    version = server_context.bento_version
+    version = "dev" if not version or version == "not available" else version
+    return {"name": "onnx-serving", "version": version, "extensions": extensions}
+
+
+def model_metadata(model: Any, served: list[str], version: str | None) -> dict[str, Any]:
+    """A model's V2 metadata: its name, versions (the one asked for, or every one of that
+    name served), platform and tensors, with -1 for a dynamic dimension."""
+    sig = model.signature
+    tag_name, tag_version = model.tag.split(":")
+    every = [t.split(":")[1] for t in served if t.split(":")[0] == tag_name]
+
+    def tensors(specs: Any) -> list[dict[str, Any]]:
+        return [{"name": s.name, "datatype": s.datatype, "shape": s.v2_shape()} for s in specs]
+
+    return {
+        "name": tag_name,
+        "versions": [tag_version] if version else every,
+        "platform": "onnxruntime_onnx",
+        "inputs": tensors(sig.inputs),
+        "outputs": tensors(sig.outputs),
+    }
 
 
 def parse(body: bytes, header_length: str | None) -> tuple[InferRequest, memoryview]:
@@ -135,15 +182,9 @@ def feeds_of(
     request: InferRequest, binary: memoryview, model: Any, max_values: int, max_rank: int = 16
 ) -> Any:
     sig = model.signature
-    given = [t.name for t in request.inputs]
-    wanted = [s.name for s in sig.inputs]
-    if sorted(given) != sorted(wanted):
-        raise V2Error(f"the model takes inputs {wanted}, the request has {given}")
+    check_inputs(sig, [(t.name, t.datatype) for t in request.inputs])
     arrays, offset = {}, 0
     for t in request.inputs:
-        spec = sig.input(t.name)
-        if t.datatype != spec.datatype:
-            raise V2Error(f"input {t.name!r} is {t.datatype}; the model takes {spec.datatype}")
         size = t.parameters.get("binary_data_size")
         part = None
         if size is not None:

@@ -8,8 +8,9 @@ Triton and KServe serve it and `tritonclient.grpc` calls it.
                                                  each input's typed `contents`
 
 The same versions, routing (`model_version`; the canary key as `x-request-key` metadata),
-shadow, checks and error messages as V2 over REST (v2.py, v2_codec.py): a refusal is the
-service's one error type, sent as the gRPC status its HTTP status maps to (STATUS below).
+shadow, checks, metadata and error messages as V2 over REST (the codec's, v2_codec.py): a
+refusal is the service's one error type, sent as the gRPC status its HTTP status maps to
+(STATUS below).
 Outputs come back as the inputs came: raw for raw, typed for typed. The server around it
 (ports, limits, keys, health, drain) is grpc_server.py.
 """
@@ -23,17 +24,16 @@ import numpy as np
 
 from onnx_serving import errors
 from onnx_serving.errors import ServingError
-from onnx_serving.model.tensors import (
-    DATATYPES,
-    check_shape,
-    check_values,
-    from_bytes,
-    from_json,
-    to_bytes,
-)
+from onnx_serving.model.tensors import DATATYPES, check_shape, from_json, to_bytes
 from onnx_serving.protocols.grpc_stubs import open_inference_pb2 as pb
 from onnx_serving.protocols.grpc_stubs import open_inference_pb2_grpc as pb_grpc
 from onnx_serving.protocols.native import check_feeds
+from onnx_serving.protocols.v2_codec import (
+    check_inputs,
+    model_metadata,
+    raw_values,
+    server_metadata,
+)
 
 # An HTTP status of the one error contract -> the gRPC status a V2 client expects for it.
 STATUS = {
@@ -88,10 +88,7 @@ def _typed(t: Any, dtype: np.dtype, count: int, where: str, allow_nan: bool) -> 
 def feeds_of(request: Any, model: Any, max_values: int, max_rank: int) -> tuple[Any, bool]:
     """The request's checked Feeds, and whether its tensors came raw."""
     sig = model.signature
-    given = [t.name for t in request.inputs]
-    wanted = [s.name for s in sig.inputs]
-    if sorted(given) != sorted(wanted):
-        raise ServingError(f"the model takes inputs {wanted}, the request has {given}")
+    check_inputs(sig, [(t.name, t.datatype) for t in request.inputs])
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise ServingError(
@@ -100,19 +97,14 @@ def feeds_of(request: Any, model: Any, max_values: int, max_rank: int) -> tuple[
         )
     arrays = {}
     for i, t in enumerate(request.inputs):
-        spec = sig.input(t.name)
         where = f"input {t.name!r}"
-        if t.datatype != spec.datatype:
-            raise ServingError(f"{where} is {t.datatype}; the model takes {spec.datatype}")
         dtype = DATATYPES[t.datatype]
         # Before anything is allocated for it (a shape of 65 dimensions or [0, 2**63] too).
         count = check_shape(list(t.shape), where, max_values, max_rank)
         if raw:
             if t.HasField("contents"):
                 raise ServingError(f"{where} has contents, but raw_input_contents is used")
-            values = check_values(
-                from_bytes(raw[i], dtype, count, where), dtype, where, sig.allow_nan
-            )
+            values = raw_values(raw[i], dtype, count, where, sig.allow_nan)
         else:
             values = _typed(t, dtype, count, where, sig.allow_nan)
         arrays[t.name] = values.reshape(list(t.shape))
@@ -165,11 +157,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self.is_ready())
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        from bentoml import server_context
-
-        version = server_context.bento_version
-        version = "dev" if not version or version == "not available" else version
-        return pb.ServerMetadataResponse(name="onnx-serving", version=version, extensions=[])
+        return pb.ServerMetadataResponse(**server_metadata([]))
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         try:
@@ -184,22 +172,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model, _ = self.versions.named(request.name, version)
         except ServingError as exc:
             return await self._refuse(context, exc, "ModelMetadata")
-        sig = model.signature
-        tag_name, tag_version = model.tag.split(":")
-        every = [
-            t.split(":")[1] for t in self.versions.runner.models if t.startswith(f"{tag_name}:")
-        ]
-        tensor = pb.ModelMetadataResponse.TensorMetadata
+        # The REST answer's fields (no `parameters`: the message has none).
         return pb.ModelMetadataResponse(
-            name=tag_name,
-            versions=[tag_version] if version else every,
-            platform="onnxruntime_onnx",
-            inputs=[
-                tensor(name=s.name, datatype=s.datatype, shape=s.v2_shape()) for s in sig.inputs
-            ],
-            outputs=[
-                tensor(name=s.name, datatype=s.datatype, shape=s.v2_shape()) for s in sig.outputs
-            ],
+            **model_metadata(model, list(self.versions.runner.models), version)
         )
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
