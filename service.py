@@ -111,7 +111,7 @@ class OnnxServing:
 
     async def __is_ready__(self) -> bool:
         # /readyz answers 503 while the worker drains after SIGTERM.
-        return not DRAINER.draining
+        return self.ready()
 
     @bentoml.api(input_spec=PredictRequest, output_spec=PredictResponse)
     async def predict(self, feeds: Feeds, ctx: bentoml.Context) -> PredictResponse:

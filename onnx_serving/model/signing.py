@@ -103,18 +103,26 @@ def verify(model_dir: Path, trusted: list[Path], what: str) -> dict[str, str]:
         except Exception as exc:  # model-signing raises ValueError, and others on bad input
             reasons.append(_reason(str(exc), path))
             continue
-        return {**signer(model_dir), "verified_with": path.name, "files": signed_files(model_dir)}
+        bundle_json = _bundle(model_dir)  # read once, for both
+        return {
+            **signer(model_dir, bundle_json),
+            "verified_with": path.name,
+            "files": signed_files(model_dir, bundle_json),
+        }
     # A changed file is the news, whatever the other keys said.
     reasons.sort(key=lambda r: not r.startswith("a file"))
     raise SigningError(f"refusing to serve {what}: {reasons[0]}")
 
 
-def signer(model_dir: Path) -> dict[str, str]:
-    """Who signed: the public key's SHA-256 fingerprint, or the certificate's subject."""
+def _bundle(model_dir: Path) -> Any:
+    return json.loads((Path(model_dir) / SIGNATURE_FILE).read_text())
+
+
+def signer(model_dir: Path, bundle: Any = None) -> dict[str, str]:
+    """Who signed: the public key's SHA-256 fingerprint, or the certificate's subject
+    (`bundle`: the signature file, if it was read already)."""
     try:
-        material = json.loads((Path(model_dir) / SIGNATURE_FILE).read_text())[
-            "verificationMaterial"
-        ]
+        material = (bundle if bundle is not None else _bundle(model_dir))["verificationMaterial"]
     except (OSError, ValueError, KeyError, TypeError):
         return {"signed_by": "unknown (unreadable signature)"}
     if "publicKey" in material:
@@ -128,10 +136,10 @@ def signer(model_dir: Path) -> dict[str, str]:
     return {"signed_by": "unknown"}
 
 
-def signed_files(model_dir: Path) -> dict[str, str]:
+def signed_files(model_dir: Path, bundle: Any = None) -> dict[str, str]:
     """The files a (verified) bundle lists, with their SHA-256: what the Spark executors check
     the file shipped to them against."""
-    envelope = json.loads((Path(model_dir) / SIGNATURE_FILE).read_text())["dsseEnvelope"]
+    envelope = (bundle if bundle is not None else _bundle(model_dir))["dsseEnvelope"]
     statement = json.loads(base64.b64decode(envelope["payload"]))
     return {r["name"]: r["digest"] for r in statement["predicate"]["resources"]}
 
