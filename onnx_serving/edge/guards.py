@@ -36,7 +36,7 @@ class Guards:
 
     def __init__(self, app: Any, settings: Settings) -> None:
         self.app = app
-        self.keys = [bytes.fromhex(h) for h in settings.api_key_hashes]
+        self.keys = accepted_keys(settings)
         self.budget = BodyBudget(settings)
         self.retry = {"Retry-After": str(settings.retry_after_s)}
 
@@ -60,6 +60,11 @@ class Guards:
         if method in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
         await self.budget(self.app, scope, receive, send, rule)
+
+
+def accepted_keys(settings: Settings) -> list[bytes]:
+    """The SHA-256 digests of the accepted API keys (HTTP and gRPC); empty: no keys asked."""
+    return [bytes.fromhex(h) for h in settings.api_key_hashes]
 
 
 def accepts(scope: dict, keys: list[bytes]) -> bool:

@@ -33,7 +33,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from onnx_serving import errors, metrics
 from onnx_serving.config import Settings
-from onnx_serving.edge.guards import UNAUTHORIZED, key_accepted
+from onnx_serving.edge.guards import UNAUTHORIZED, accepted_keys, key_accepted
 from onnx_serving.edge.route_table import body_limit, route_of
 from onnx_serving.protocols.grpc_stubs import open_inference_pb2_grpc as pb_grpc
 from onnx_serving.protocols.v2_grpc import InferenceServicer
@@ -139,7 +139,7 @@ class GrpcServer:
     async def start(self) -> None:
         settings = self.settings
         server = aio.server(
-            interceptors=[Observed([bytes.fromhex(h) for h in settings.api_key_hashes])],
+            interceptors=[Observed(accepted_keys(settings))],
             options=self.options(),
             maximum_concurrent_rpcs=settings.max_in_flight,
         )
