@@ -122,9 +122,7 @@ def optimize(
         {"optimized": report, "origin": "optimize", **lineage},
     )
     if sign_key is not None:
-        import bentoml
-
-        signing.sign(Path(bentoml.models.get(new_tag).path), sign_key)
+        signing.sign_stored(new_tag, sign_key, None, [])
     return new_tag, report
 
 
