@@ -272,10 +272,17 @@ def test_overload_is_refused_before_work_and_the_rest_answered(
             return await asyncio.gather(*(one() for _ in range(96)))
 
     env = {"GRPC_PORT": str(port), "MIN_IN_FLIGHT": "4", "MAX_IN_FLIGHT": "4", "WORKERS": "1"}
+    codes: list[str] = []
     with running(model_home, tmp_path / "serve.log", **env):
-        codes = asyncio.run(flood())
+        # How many calls the server holds at once depends on how fast its loop takes them
+        # up: one flood in a CI run got no more than 4 at a time. Up to three floods, until
+        # one is refused; every answer of every flood is checked.
+        for _ in range(3):
+            codes += asyncio.run(flood())
+            if "RESOURCE_EXHAUSTED" in codes:
+                break
     counts = {code: codes.count(code) for code in set(codes)}
-    print(f"\n96 calls of 1M values at MAX_IN_FLIGHT=4: {counts}")
+    print(f"\n{len(codes)} calls of 1M values at MAX_IN_FLIGHT=4: {counts}")
     assert set(counts) <= {"OK", "RESOURCE_EXHAUSTED"} and counts.get("OK", 0) > 0, counts
     assert counts.get("RESOURCE_EXHAUSTED", 0) > 0, counts
 
