@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,11 +20,27 @@ from pathlib import Path
 
 import psutil
 
+# Ports handed out below the kernel's ephemeral range (32768-60999 on Linux): a port that
+# bind(0) chose can become an outgoing connection's local port before the server binds it
+# ("Failed to bind" in a CI run), these can't. Each is handed out once per process.
+_PORTS = range(20_000, 32_768)
+_GIVEN: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, outside the ephemeral range."""
+    for _ in range(1_000):
+        port = random.choice(_PORTS)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 def bentoml_workers(procs: Iterable[psutil.Process]) -> list[psutil.Process]:

@@ -28,8 +28,8 @@ REJECTIONS = bentoml.metrics.Counter(
 )
 SHED = bentoml.metrics.Counter(
     name="onnx_requests_shed",
-    documentation="Prediction requests refused with 503 because the worker was overloaded "
-    "(admission control, before BentoML saw them)",
+    documentation="Prediction requests refused with 503 (gRPC: RESOURCE_EXHAUSTED) because "
+    "the worker was overloaded (admission control, before BentoML saw them)",
 )
 SHADOW_DIFF = bentoml.metrics.Histogram(
     name="onnx_shadow_max_abs_diff",
@@ -49,7 +49,8 @@ ROUTING_RELOAD_FAILURES = bentoml.metrics.Counter(
 SLOW_BODIES = bentoml.metrics.Counter(
     name="onnx_slow_bodies",
     documentation="Connections closed with 408 because a request body arrived slower than "
-    "HTTP_BODY_MIN_RATE or stalled for HTTP_BODY_TIMEOUT",
+    "HTTP_BODY_MIN_RATE or stalled for HTTP_BODY_TIMEOUT; gRPC calls ended with "
+    "DEADLINE_EXCEEDED because their message was not whole within HTTP_BODY_TIMEOUT",
 )
 # Saturation, sampled by the admission ticker (not per request): what each worker holds.
 IN_FLIGHT = bentoml.metrics.Gauge(

@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +288,108 @@ def test_overload_is_refused_before_work_and_the_rest_answered(
     print(f"\n{len(codes)} calls of 1M values at MAX_IN_FLIGHT=4: {counts}")
     assert set(counts) <= {"OK", "RESOURCE_EXHAUSTED"} and counts.get("OK", 0) > 0, counts
     assert counts.get("RESOURCE_EXHAUSTED", 0) > 0, counts
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    """One HTTP/2 frame (RFC 9113, 4.1)."""
+    return (
+        len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+    )
+
+
+def stalled_call(port: int) -> socket.socket:
+    """A connection whose one ModelInfer call sends 10 of its message's 1,000 bytes and then
+    nothing: hand-built HTTP/2 frames (HPACK literals), as no gRPC client stops mid-message."""
+
+    def literal(name: bytes, value: bytes) -> bytes:
+        return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+    headers = b"".join(
+        literal(name, value)
+        for name, value in (
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", b"/inference.GRPCInferenceService/ModelInfer"),
+            (b":authority", b"127.0.0.1"),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        )
+    )
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b""))  # SETTINGS
+    sock.sendall(frame(1, 0x4, 1, headers))  # HEADERS, END_HEADERS
+    sock.sendall(frame(0, 0, 1, b"\x00" + (1000).to_bytes(4, "big") + bytes(10)))  # DATA
+    return sock
+
+
+def stream_ended(sock: socket.socket, timeout: float) -> bool:
+    """Whether the server ends stream 1 (trailers with END_STREAM, or RST_STREAM) in time."""
+    sock.settimeout(timeout)
+    buffer = b""
+    while True:
+        while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
+            length, kind, flags = int.from_bytes(buffer[:3], "big"), buffer[3], buffer[4]
+            stream = int.from_bytes(buffer[5:9], "big") & 0x7FFF_FFFF
+            if stream == 1 and (kind == 3 or (kind == 1 and flags & 0x1)):
+                return True
+            if kind == 4 and not flags & 0x1:
+                sock.sendall(frame(4, 0x1, 0, b""))  # SETTINGS ACK
+            buffer = buffer[9 + length :]
+        try:
+            data = sock.recv(65_536)
+        except TimeoutError:
+            return False
+        if not data:
+            return False
+        buffer += data
+
+
+def test_stalled_calls_hold_no_slot_and_are_cut(
+    model_home: Path, tmp_path: Path, demo_tag: str
+) -> None:
+    """Three times MAX_IN_FLIGHT calls whose message stalls (none sent through gRPC itself;
+    10 of 1,000 bytes over raw HTTP/2) give their slots back: an honest call is answered
+    while they wait, and each is cut with DEADLINE_EXCEEDED when HTTP_BODY_TIMEOUT passes,
+    counted as a slow body."""
+    port = free_port()
+    env = {"GRPC_PORT": str(port), "MAX_IN_FLIGHT": "4", "MIN_IN_FLIGHT": "4", "WORKERS": "1"}
+    address, never = f"127.0.0.1:{port}", threading.Event()
+
+    def no_message() -> Iterator[Any]:
+        never.wait(60)  # a request stream that sends nothing
+        yield from ()
+
+    with running(model_home, tmp_path / "serve.log", HTTP_BODY_TIMEOUT="3", **env) as server:
+        silent = grpc.insecure_channel(address).stream_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
+        )
+        futures, sockets = [], []
+        try:
+            # Three at a time (under MAX_IN_FLIGHT), each group past the others' slot time.
+            for _ in range(2):
+                futures += [silent.future(no_message(), timeout=30) for _ in range(3)]
+                time.sleep(0.5)
+                sockets += [stalled_call(port) for _ in range(3)]
+                time.sleep(0.5)
+            answer = stub(address).ModelInfer(demo_request(demo_tag), timeout=5)
+            assert np.frombuffer(answer.raw_output_contents[0], "<f4").tolist() == [2.0, 4.0]
+            for future in futures:
+                exc = future.exception(timeout=20)
+                assert exc is not None and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED, exc
+                assert "did not arrive within HTTP_BODY_TIMEOUT=3 s" in exc.details()
+            assert all(stream_ended(sock, timeout=10) for sock in sockets)
+        finally:
+            never.set()
+            for sock in sockets:
+                sock.close()
+        text = httpx.get(f"{server.url}/metrics").text
+    cut = re.search(
+        r'onnx_input_rejections_total\{protocol="grpc",reason="slow_body"\} (\S+)', text
+    )
+    assert cut and float(cut[1]) == 12, text
+    assert 'onnx_grpc_calls_total{code="RESOURCE_EXHAUSTED"' not in text
 
 
 def test_sigterm_finishes_calls_in_flight_and_turns_health_off(

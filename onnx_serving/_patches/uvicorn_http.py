@@ -56,10 +56,10 @@ from onnx_serving import errors, metrics
 from onnx_serving._patches import Patch, Target
 from onnx_serving._patches.uvicorn_drain import DRAINER
 from onnx_serving.config import settings
-from onnx_serving.edge.admission import Admission
+from onnx_serving.edge.admission import worker_admission
 from onnx_serving.edge.route_table import header
 
-ADMISSION = Admission(settings())
+ADMISSION = worker_admission()
 RATE_WINDOW_S = 4.0
 _STATUS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 

@@ -20,17 +20,20 @@ as TCP's congestion window does (additive increase, multiplicative decrease):
 
 The refusal is written by the HTTP protocol itself (onnx_serving/_patches/uvicorn_http.py) as
 soon as the request's headers are parsed: no task, no BentoML middleware, so refusing thousands of
-requests a second leaves the worker free for the ones it admits.
+requests a second leaves the worker free for the ones it admits. gRPC's ModelInfer calls take
+slots of the same worker's one Admission (`worker_admission`), refused with RESOURCE_EXHAUSTED
+before their message is read (onnx_serving/protocols/grpc_server.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
 
-from onnx_serving.config import Settings
+from onnx_serving.config import Settings, settings
 
 logger = logging.getLogger("bentoml.onnx_serving.edge.admission")
 
@@ -135,7 +138,8 @@ class Admission:
             response = self._responses[keep_alive] = self._refusal(keep_alive)
         return response
 
-    def _refusal(self, keep_alive: bool) -> bytes:
+    def why(self) -> str:
+        """What a refusal tells the client: the limit that refused it, and retry later."""
         if self.in_flight >= self.ceiling:
             why = f"{self.in_flight} requests in flight (MAX_IN_FLIGHT={self.ceiling})"
         else:
@@ -143,7 +147,10 @@ class Admission:
                 f"requests wait {self.lag_s * 1000:.0f} ms to start (MAX_QUEUE_MS="
                 f"{self.max_queue_ms}); {self.in_flight} admitted at once"
             )
-        body = json.dumps({"error": f"overloaded: {why}; retry later"}).encode()
+        return f"overloaded: {why}; retry later"
+
+    def _refusal(self, keep_alive: bool) -> bytes:
+        body = json.dumps({"error": self.why()}).encode()
         return b"".join(
             (
                 b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n",
@@ -153,3 +160,9 @@ class Admission:
                 body,
             )
         )
+
+
+@functools.cache
+def worker_admission() -> Admission:
+    """The worker's one Admission: HTTP's and gRPC's prediction requests share its slots."""
+    return Admission(settings())

@@ -10,8 +10,14 @@ as REST's:
 - message size: a request up to the larger of the JSON and binary body limits (V2's own,
   route_table.body_limit), an answer up to MAX_OUTPUT_BYTES; past them gRPC answers
   RESOURCE_EXHAUSTED before a handler runs;
-- overload: at most MAX_IN_FLIGHT calls at once per worker, RESOURCE_EXHAUSTED past it,
-  before any work is done;
+- overload: ModelInfer calls take slots of the worker's one admission control, with REST's
+  prediction requests (edge/admission.py: MAX_IN_FLIGHT, shed on a lasting queue); past it
+  RESOURCE_EXHAUSTED, before the call's message is read;
+- slow senders: a call takes its slot when the worker picks it up, but gives it back if its
+  message has not arrived RECEIVE_SLOT_S later, until it has (as a slow REST body holds no
+  slot), so calls that stall can't lock others out; a message that has not arrived within
+  HTTP_BODY_TIMEOUT ends the call (DEADLINE_EXCEEDED), and a connection carries at most
+  MAX_STREAMS calls at once (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS);
 - API keys: the same keys, as call metadata (`authorization: Bearer KEY` or `x-api-key`),
   UNAUTHENTICATED without one; health and liveness stay open, as REST's probes do;
 - deadlines: a call whose deadline has passed is not run (DEADLINE_EXCEEDED), and gRPC
@@ -23,6 +29,7 @@ as REST's:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -31,16 +38,20 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from onnx_serving import errors, metrics
+from onnx_serving import metrics
 from onnx_serving.config import Settings
+from onnx_serving.edge.admission import Admission, worker_admission
 from onnx_serving.edge.guards import UNAUTHORIZED, accepted_keys, key_accepted
 from onnx_serving.edge.route_table import body_limit, route_of
 from onnx_serving.protocols.grpc_stubs import open_inference_pb2_grpc as pb_grpc
-from onnx_serving.protocols.v2_grpc import InferenceServicer
+from onnx_serving.protocols.v2_grpc import InferenceServicer, refuse
 
 logger = logging.getLogger("bentoml.onnx_serving.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
+ADMITTED = frozenset({"ModelInfer"})  # the methods that take an admission slot (predictions)
+RECEIVE_SLOT_S = 0.25  # a message this late to arrive gives its call's slot back until it has
+MAX_STREAMS = 100  # calls at once on one connection (RFC 9113's recommended least)
 # Open to every caller, whatever keys are configured: probes, as REST's /livez and /readyz.
 OPEN = frozenset(
     {
@@ -53,11 +64,13 @@ OPEN = frozenset(
 
 
 class Observed(aio.ServerInterceptor):
-    """Every call counted by method and status code and timed (GRPC_CALLS, GRPC_DURATION),
-    and refused UNAUTHENTICATED without an accepted key when keys are configured."""
+    """Every call counted by method and status code and timed (GRPC_CALLS, GRPC_DURATION);
+    refused UNAUTHENTICATED without an accepted key when keys are configured; its message
+    read under the admission and receive rules above."""
 
-    def __init__(self, keys: list[bytes]) -> None:
+    def __init__(self, keys: list[bytes], admission: Admission, receive_timeout_s: float) -> None:
         self.keys = keys
+        self.admission, self.receive_timeout_s = admission, receive_timeout_s
         # Labelled children looked up once (labels() checks and joins on every call).
         self.calls: dict[tuple[str, str], Any] = {}
         self.durations: dict[str, Any] = {}
@@ -90,32 +103,107 @@ class Observed(aio.ServerInterceptor):
         return wrapped
 
     def observed(self, method: str, handler: Any) -> Any:
-        """`handler`, counted and timed: made once per method."""
-        inner = handler.unary_unary
+        """`handler` as a call that reads its own message (the same on the wire: one message
+        each way), under the admission and receive rules, counted and timed: made once per
+        method."""
+        inner, admitted, admission = handler.unary_unary, method in ADMITTED, self.admission
 
-        async def observed(request: Any, context: Any) -> Any:
+        async def observed(requests: Any, context: Any) -> Any:
             started = time.perf_counter()
+            receive = Receive(admission, admitted and admission.admit(), self.receive_timeout_s)
+            code = None
             try:
+                if admitted and not receive.holding:
+                    return await overloaded(admission, context)
+                request = await receive.message(context)
+                if admitted and not receive.holding:
+                    if not admission.admit():
+                        return await overloaded(admission, context)
+                    receive.holding = True
                 return await inner(request, context)
+            except asyncio.CancelledError:
+                code = "CANCELLED"  # the client went away, or the server stops
+                raise
             finally:
-                code = context.code() or grpc.StatusCode.OK
-                self.count(method, code.name, time.perf_counter() - started)
+                if receive.holding:
+                    admission.done()
+                code = code or (context.code() or grpc.StatusCode.OK).name
+                self.count(method, code, time.perf_counter() - started)
 
-        return grpc.unary_unary_rpc_method_handler(
+        return grpc.stream_unary_rpc_method_handler(
             observed,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
 
-async def _refuse(request: Any, context: Any) -> None:
-    rid = errors.request_id(dict(context.invocation_metadata() or ()))
-    errors.refused(401, "unauthorized", UNAUTHORIZED, "gRPC call", rid, "grpc")
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHORIZED)
+class Receive:
+    """One call's request message, read in its own task: a slot held while the message is
+    on time, given back once it is RECEIVE_SLOT_S late; the call cut once it is
+    `timeout_s` late."""
+
+    __slots__ = ("admission", "cut", "holding", "receiving", "timeout_s", "timer")
+
+    def __init__(self, admission: Admission, holding: bool, timeout_s: float) -> None:
+        self.admission, self.holding, self.timeout_s = admission, holding, timeout_s
+        self.receiving = self.cut = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def message(self, context: Any) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        self.timer = task.get_loop().call_later(RECEIVE_SLOT_S, self._late, task)
+        try:
+            request = await context.read()
+        except asyncio.CancelledError:
+            if not self.cut:
+                raise  # the client went away (gRPC cancels the call's task)
+            task.uncancel()
+            limit = f"HTTP_BODY_TIMEOUT={self.timeout_s:g}"
+            message = f"the request message did not arrive within {limit} s: send it faster"
+            metrics.SLOW_BODIES.inc()
+            return await refuse(context, 408, "slow_body", message, "call")
+        finally:
+            self.timer.cancel()
+            if self.receiving:
+                self.admission.receiving -= 1
+        if request is aio.EOF:
+            # Mostly a client gone mid-message: gRPC's cancellation of the call, delivered
+            # with the end of its stream, lands at this yield, before a refusal is counted.
+            await asyncio.sleep(0)
+            return await refuse(context, 400, "schema", "the call sent no request message", "call")
+        return request
+
+    def _late(self, task: asyncio.Task) -> None:
+        # RECEIVE_SLOT_S after the call was picked up: its slot goes back until the message
+        # is whole, and the call is cut when HTTP_BODY_TIMEOUT has passed.
+        if self.holding:
+            self.admission.done()
+            self.holding = False
+        self.receiving = True
+        self.admission.receiving += 1
+        if self.timeout_s:  # HTTP_BODY_TIMEOUT=0: no limit
+            wait = max(0.0, self.timeout_s - RECEIVE_SLOT_S)
+            self.timer = task.get_loop().call_later(wait, self._cut, task)
+
+    def _cut(self, task: asyncio.Task) -> None:
+        self.cut = True
+        task.cancel()
 
 
-# The answer to a call without an accepted key, whatever its method (its body is not read).
-REFUSAL = grpc.unary_unary_rpc_method_handler(_refuse)
+async def overloaded(admission: Admission, context: Any) -> None:
+    """RESOURCE_EXHAUSTED for a call past the admission limit, its message unread."""
+    metrics.SHED.inc()
+    context.set_trailing_metadata((("retry-after", str(admission.retry_after_s)),))
+    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, admission.why())
+
+
+async def _refuse(requests: Any, context: Any) -> None:
+    await refuse(context, 401, "unauthorized", UNAUTHORIZED, "call")
+
+
+# The answer to a call without an accepted key, whatever its method (its message unread).
+REFUSAL = grpc.stream_unary_rpc_method_handler(_refuse)
 
 
 class GrpcServer:
@@ -134,15 +222,15 @@ class GrpcServer:
             # An answer carries the outputs MAX_OUTPUT_BYTES allows, and their descriptions.
             ("grpc.max_send_message_length", self.settings.max_output_bytes + (1 << 20)),
             ("grpc.so_reuseport", 1),
+            ("grpc.max_concurrent_streams", MAX_STREAMS),
         ]
 
     async def start(self) -> None:
         settings = self.settings
-        server = aio.server(
-            interceptors=[Observed(accepted_keys(settings))],
-            options=self.options(),
-            maximum_concurrent_rpcs=settings.max_in_flight,
-        )
+        admission = worker_admission()
+        admission.start()  # its ticker, if no HTTP connection started it yet
+        observed = Observed(accepted_keys(settings), admission, settings.http_body_timeout_s)
+        server = aio.server(interceptors=[observed], options=self.options())
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.versions, settings, self.is_ready), server
         )

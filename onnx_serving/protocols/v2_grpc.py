@@ -137,6 +137,15 @@ def response_of(request: Any, model: Any, outputs: dict[str, np.ndarray], raw: b
     return response
 
 
+async def refuse(context: Any, status: int, reason: str, message: str, method: str) -> None:
+    """End the call with the gRPC status of HTTP `status` (STATUS), counted and logged as
+    every refusal is (a 4xx; a 503 is the caller's to count)."""
+    if status < 500:
+        rid = errors.request_id(dict(context.invocation_metadata() or ()))
+        errors.refused(status, reason, message, f"gRPC {method}", rid, "grpc")
+    await context.abort(STATUS.get(status, grpc.StatusCode.INTERNAL), message)
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The six RPCs, on the worker's served versions."""
 
@@ -144,11 +153,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.versions, self.settings, self.is_ready = versions, settings, is_ready
 
     async def _refuse(self, context: Any, exc: ServingError, method: str) -> None:
-        meta = dict(context.invocation_metadata() or ())
-        rid = errors.request_id(meta)
-        if exc.status < 500:
-            errors.refused(exc.status, exc.reason, str(exc), f"gRPC {method}", rid, "grpc")
-        await context.abort(STATUS.get(exc.status, grpc.StatusCode.INTERNAL), str(exc))
+        await refuse(context, exc.status, exc.reason, str(exc), method)
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
