@@ -9,6 +9,7 @@ at start and being restarted forever.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -51,8 +52,8 @@ class Prepared:
 
 def prepare() -> Prepared:
     steps = Steps()
-    # The workers check every private name; `bentoml serve` itself the versions (install).
-    _patches.install(targets=bentoml.server_context.worker_index is not None)
+    # The workers check and patch every private name; `bentoml serve` itself the versions.
+    _patches.install(worker=bentoml.server_context.worker_index is not None)
     install_log_filters()
     steps.done("patches")
     try:
@@ -93,6 +94,13 @@ def prepare() -> Prepared:
     )
     steps.done("request models")
     steps.log("prepared")
+    if bentoml.server_context.worker_index is None:
+        # The image starts every Python process with the garbage collector off
+        # (Dockerfile.template): importing BentoML and the service makes hundreds of
+        # thousands of objects, and the collector's passes over them cost 15-20 % of the
+        # imports. A worker turns it back on once it is ready (gc.freeze, service.py);
+        # `bentoml serve` itself here.
+        gc.enable()
     return prepared
 
 

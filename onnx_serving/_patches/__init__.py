@@ -134,16 +134,18 @@ def check(targets: bool = True) -> list[Patch]:
     return loaded
 
 
-def install(targets: bool = True) -> None:
+def install(worker: bool = True) -> None:
     """Check every patch, then apply them all (idempotent). Call at import of the service
     module: BentoML's worker imports it before it builds uvicorn's config and its app.
 
-    `targets=False` (`bentoml serve` itself, which runs no app): the pinned versions are
-    checked, which an upgrade can't pass, and the private names are left to the workers,
-    whose full check comes first in each of them. Importing BentoML's app modules only to
-    read their source cost the serve process 0.2-0.6 s of every cold start."""
-    for patch in check(targets):
-        patch.apply()
+    `worker=False` (`bentoml serve` itself or `bentoml build`, which run no app): the pinned
+    versions are checked, which an upgrade can't pass, and nothing is applied; the private
+    names are left to the workers, whose full check comes first in each of them. Importing
+    BentoML's app modules there, to read their source or to patch them, cost the serve
+    process 0.3-0.6 s of every cold start."""
+    for patch in check(targets=worker):
+        if worker:
+            patch.apply()
 
 
 def verify() -> list[str]:
