@@ -86,18 +86,27 @@ def test_the_service_refuses_to_start_with_one_line_when_a_patch_no_longer_fits(
     assert "Traceback" not in done.stderr
 
 
+# Patches whose in_effect() needs no running event loop.
+LOOPLESS = ("uvicorn-http-protocol", "bentoml-greedy-dispatcher", "bentoml-request-timeout")
+
+
 def test_bentoml_serve_checks_versions_and_the_workers_every_private_name() -> None:
     """`bentoml serve` itself (no worker index) checks the pinned versions without importing
-    the patched app modules; a worker checks every target."""
+    the patched app modules and applies nothing (it runs no app); a worker checks every
+    target and applies every patch."""
     script = (
         "import sys, bentoml; from onnx_serving import _patches\n"
-        "_patches.check(targets=False)\n"
+        f"LOOPLESS = {LOOPLESS!r}\n"
+        "_patches.install(worker=False)\n"
         "print('_bentoml_impl.server.app' in sys.modules)\n"
-        "_patches.check()\n"
+        "loopless = [p for p in _patches.patches() if p.name in LOOPLESS]\n"
+        "print(any(p.in_effect() for p in loopless))\n"
+        "_patches.install()\n"
         "print('_bentoml_impl.server.app' in sys.modules)\n"
+        "print(all(p.in_effect() for p in loopless))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "True"]
+    assert done.stdout.split() == ["False", "False", "True", "True"]
