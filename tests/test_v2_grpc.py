@@ -350,7 +350,7 @@ def test_stalled_calls_hold_no_slot_and_are_cut(
     """Three times MAX_IN_FLIGHT calls whose message stalls (none sent through gRPC itself;
     10 of 1,000 bytes over raw HTTP/2) give their slots back: an honest call is answered
     while they wait, and each is cut with DEADLINE_EXCEEDED when HTTP_BODY_TIMEOUT passes,
-    counted as a slow body."""
+    counted as a slow body. A connection that sends nothing is closed."""
     port = free_port()
     env = {"GRPC_PORT": str(port), "MAX_IN_FLIGHT": "4", "MIN_IN_FLIGHT": "4", "WORKERS": "1"}
     address, never = f"127.0.0.1:{port}", threading.Event()
@@ -359,7 +359,10 @@ def test_stalled_calls_hold_no_slot_and_are_cut(
         never.wait(60)  # a request stream that sends nothing
         yield from ()
 
-    with running(model_home, tmp_path / "serve.log", HTTP_BODY_TIMEOUT="3", **env) as server:
+    timeouts = {"HTTP_BODY_TIMEOUT": "3", "HTTP_HEADER_TIMEOUT": "2"}
+    with running(model_home, tmp_path / "serve.log", **timeouts, **env) as server:
+        # A connection that never sends HTTP/2's preface is closed after HTTP_HEADER_TIMEOUT.
+        silent_connection = socket.create_connection(("127.0.0.1", port))
         silent = grpc.insecure_channel(address).stream_unary(
             "/inference.GRPCInferenceService/ModelInfer",
             request_serializer=service_pb2.ModelInferRequest.SerializeToString,
@@ -380,8 +383,12 @@ def test_stalled_calls_hold_no_slot_and_are_cut(
                 assert exc is not None and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED, exc
                 assert "did not arrive within HTTP_BODY_TIMEOUT=3 s" in exc.details()
             assert all(stream_ended(sock, timeout=10) for sock in sockets)
+            silent_connection.settimeout(10)
+            while silent_connection.recv(65_536):  # its SETTINGS, then the end
+                pass
         finally:
             never.set()
+            silent_connection.close()
             for sock in sockets:
                 sock.close()
         text = httpx.get(f"{server.url}/metrics").text

@@ -17,7 +17,8 @@ as REST's:
   message has not arrived RECEIVE_SLOT_S later, until it has (as a slow REST body holds no
   slot), so calls that stall can't lock others out; a message that has not arrived within
   HTTP_BODY_TIMEOUT ends the call (DEADLINE_EXCEEDED), and a connection carries at most
-  MAX_STREAMS calls at once (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS);
+  MAX_STREAMS calls at once (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS); a connection that
+  sends no HTTP/2 preface within HTTP_HEADER_TIMEOUT is closed;
 - API keys: the same keys, as call metadata (`authorization: Bearer KEY` or `x-api-key`),
   UNAUTHENTICATED without one; health and liveness stay open, as REST's probes do;
 - deadlines: a call whose deadline has passed is not run (DEADLINE_EXCEEDED), and gRPC
@@ -223,7 +224,13 @@ class GrpcServer:
             ("grpc.max_send_message_length", self.settings.max_output_bytes + (1 << 20)),
             ("grpc.so_reuseport", 1),
             ("grpc.max_concurrent_streams", MAX_STREAMS),
-        ]
+        ] + (
+            # A connection that hasn't sent HTTP/2's preface in time is closed, as REST's
+            # connections that don't send their headers (HTTP_HEADER_TIMEOUT; 0: no limit).
+            [("grpc.server_handshake_timeout_ms", int(header_timeout_s * 1000))]
+            if (header_timeout_s := self.settings.http_header_timeout_s)
+            else []
+        )
 
     async def start(self) -> None:
         settings = self.settings
