@@ -232,6 +232,39 @@ def test_health_server_metadata_and_metrics_by_protocol(
     assert 'onnx_grpc_call_duration_seconds_count{method="ModelInfer"}' in text
 
 
+@pytest.mark.parametrize(
+    "method",
+    [
+        "/inference.GRPCInferenceService/ModelInfer",
+        "/inference.GRPCInferenceService/ModelMetadata",
+        "/inference.GRPCInferenceService/ServerLive",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+    ],
+)
+@pytest.mark.parametrize("message", [b"\xff\xff\xff", b"\x0a\xff\xff\xff\x0f"])
+def test_a_message_that_is_no_protobuf_is_invalid_argument(
+    grpc_address: str, method: str, message: bytes
+) -> None:
+    """Bytes that don't parse as the method's message: INVALID_ARGUMENT that says so, not
+    gRPC's own UNKNOWN with a traceback in the log."""
+    channel = grpc.insecure_channel(grpc_address)
+    with pytest.raises(grpc.RpcError) as refused:
+        if method.endswith("Watch"):  # a stream of answers
+            next(iter(channel.unary_stream(method)(message, timeout=10)))
+        else:
+            channel.unary_unary(method)(message, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+    assert "not a valid protobuf" in refused.value.details()
+
+
+def test_health_watch_streams_the_status(grpc_address: str) -> None:
+    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(grpc_address))
+    answers = health.Watch(health_pb2.HealthCheckRequest(), timeout=10)
+    assert next(iter(answers)).status == health_pb2.HealthCheckResponse.SERVING
+    answers.cancel()
+
+
 def test_api_keys_as_call_metadata(model_home: Path, tmp_path: Path, demo_tag: str) -> None:
     port = free_port()
     address = f"127.0.0.1:{port}"

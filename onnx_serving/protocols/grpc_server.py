@@ -31,11 +31,13 @@ as REST's:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -98,16 +100,22 @@ class Observed(aio.ServerInterceptor):
         wrapped = self.wrapped.get(details.method)
         if wrapped is None:
             handler = await continuation(details)
-            if handler is None or handler.unary_unary is None:
-                return handler  # unknown methods (UNIMPLEMENTED), health's Watch stream
+            if handler is None or handler.request_streaming:
+                return handler  # unknown methods (UNIMPLEMENTED), reflection's stream
             wrapped = self.wrapped[details.method] = self.observed(method, handler)
         return wrapped
 
     def observed(self, method: str, handler: Any) -> Any:
-        """`handler` as a call that reads its own message (the same on the wire: one message
-        each way), under the admission and receive rules, counted and timed: made once per
-        method."""
-        inner, admitted, admission = handler.unary_unary, method in ADMITTED, self.admission
+        """`handler` (one request message; one answer, or a stream of them: health's Watch)
+        as a call that reads and parses its own message (the same on the wire), under the
+        admission and receive rules, counted and timed: made once per method."""
+        streaming = handler.response_streaming
+        inner = handler.unary_stream if streaming else handler.unary_unary
+        parse, admitted, admission = (
+            handler.request_deserializer,
+            method in ADMITTED,
+            self.admission,
+        )
 
         async def observed(requests: Any, context: Any) -> Any:
             started = time.perf_counter()
@@ -116,11 +124,14 @@ class Observed(aio.ServerInterceptor):
             try:
                 if admitted and not receive.holding:
                     return await overloaded(admission, context)
-                request = await receive.message(context)
+                raw = await receive.message(context, method)
+                request = await parsed(parse, raw, context, method)
                 if admitted and not receive.holding:
                     if not admission.admit():
                         return await overloaded(admission, context)
                     receive.holding = True
+                if streaming:
+                    return await answers(inner(request, context), context)
                 return await inner(request, context)
             except asyncio.CancelledError:
                 code = "CANCELLED"  # the client went away, or the server stops
@@ -131,11 +142,34 @@ class Observed(aio.ServerInterceptor):
                 code = code or (context.code() or grpc.StatusCode.OK).name
                 self.count(method, code, time.perf_counter() - started)
 
-        return grpc.stream_unary_rpc_method_handler(
-            observed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        # The message comes as bytes (request_deserializer None): `parsed` parses it.
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if streaming
+            else grpc.stream_unary_rpc_method_handler
         )
+        return make(observed, response_serializer=handler.response_serializer)
+
+
+async def parsed(parse: Any, raw: bytes, context: Any, method: str) -> Any:
+    """The request message parsed; a message that is not the method's protobuf is refused
+    INVALID_ARGUMENT (gRPC's own parse would answer UNKNOWN and log a traceback)."""
+    if parse is None:
+        return raw
+    try:
+        return parse(raw)
+    except DecodeError as exc:
+        message = f"the request message is not a valid protobuf of the method's type: {exc}"
+        return await refuse(context, 400, "schema", message, method)
+
+
+async def answers(result: Any, context: Any) -> None:
+    """A streaming handler's answers written: an async generator's, or its own writes."""
+    if inspect.isasyncgen(result):
+        async for answer in result:
+            await context.write(answer)
+    else:
+        await result
 
 
 class Receive:
@@ -150,7 +184,7 @@ class Receive:
         self.receiving = self.cut = False
         self.timer: asyncio.TimerHandle | None = None
 
-    async def message(self, context: Any) -> Any:
+    async def message(self, context: Any, method: str) -> Any:
         task = asyncio.current_task()
         assert task is not None
         self.timer = task.get_loop().call_later(RECEIVE_SLOT_S, self._late, task)
@@ -163,7 +197,7 @@ class Receive:
             limit = f"HTTP_BODY_TIMEOUT={self.timeout_s:g}"
             message = f"the request message did not arrive within {limit} s: send it faster"
             metrics.SLOW_BODIES.inc()
-            return await refuse(context, 408, "slow_body", message, "call")
+            return await refuse(context, 408, "slow_body", message, method)
         finally:
             self.timer.cancel()
             if self.receiving:
@@ -172,7 +206,8 @@ class Receive:
             # Mostly a client gone mid-message: gRPC's cancellation of the call, delivered
             # with the end of its stream, lands at this yield, before a refusal is counted.
             await asyncio.sleep(0)
-            return await refuse(context, 400, "schema", "the call sent no request message", "call")
+            message = "the call sent no request message"
+            return await refuse(context, 400, "schema", message, method)
         return request
 
     def _late(self, task: asyncio.Task) -> None:
@@ -200,7 +235,7 @@ async def overloaded(admission: Admission, context: Any) -> None:
 
 
 async def _refuse(requests: Any, context: Any) -> None:
-    await refuse(context, 401, "unauthorized", UNAUTHORIZED, "call")
+    await refuse(context, 401, "unauthorized", UNAUTHORIZED, "call")  # whichever method
 
 
 # The answer to a call without an accepted key, whatever its method (its message unread).
