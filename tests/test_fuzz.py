@@ -12,6 +12,7 @@ import json
 import os
 import struct
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 SLOW = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
 settings.register_profile("ci", max_examples=40, deadline=None, suppress_health_check=SLOW)
@@ -222,6 +224,71 @@ def test_v2_shapes_and_parameters_get_4xx(
     r = http.post("/v2/models/linear-2x/infer", content=body, headers=headers)
     if r.status_code != 200:
         assert_4xx_with_reason(r)
+
+
+# --- V2 over gRPC: any message gets an answer or a client error, never UNKNOWN or INTERNAL --
+
+GRPC_CLIENT_ERRORS = {"INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED", "UNAUTHENTICATED"}
+GRPC_DATATYPES = ["FP32", "FP64", "FP16", "INT8", "INT32", "INT64", "UINT64", "BOOL", "BYTES"]
+GRPC_TENSORS = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["x", "y", "", "\u00e9"]),
+        "datatype": st.sampled_from([*GRPC_DATATYPES, "fp32", "", "INT128"]),
+        "shape": st.lists(
+            st.one_of(st.integers(-3, 4), st.sampled_from([2**31, 2**53, 2**63 - 1, -(2**63)])),
+            max_size=20,
+        ),
+        "fp32": st.lists(st.floats(width=32), max_size=6),
+        "int64": st.lists(st.integers(-(2**63), 2**63 - 1), max_size=6),
+        "bytes": st.lists(st.binary(max_size=6), max_size=4),
+    }
+)
+
+
+def grpc_request(model: str, version: str, tensors: list, raw: list[bytes] | None) -> object:
+    request = service_pb2.ModelInferRequest(model_name=model, model_version=version)
+    for t in tensors:
+        tensor = request.inputs.add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+        if raw is None:
+            tensor.contents.fp32_contents.extend(t["fp32"])
+            tensor.contents.int64_contents.extend(t["int64"])
+            tensor.contents.bytes_contents.extend(t["bytes"])
+    if raw is not None:
+        request.raw_input_contents.extend(raw)
+    return request
+
+
+@given(
+    st.sampled_from(["linear-2x", "", "nope"]),
+    st.sampled_from(["", "1", "latest"]),
+    st.lists(GRPC_TENSORS, max_size=3),
+    st.one_of(st.none(), st.lists(st.binary(max_size=24), max_size=3)),
+)
+def test_any_grpc_infer_request_gets_an_answer_or_a_client_error(
+    grpc_address: str, model: str, version: str, tensors: list, raw: list[bytes] | None
+) -> None:
+    channel = grpc.insecure_channel(grpc_address)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    try:
+        stub.ModelInfer(grpc_request(model, version, tensors, raw), timeout=30)
+    except grpc.RpcError as exc:
+        assert exc.code().name in GRPC_CLIENT_ERRORS, (exc.code(), exc.details())
+        assert exc.details()
+    finally:
+        channel.close()
+
+
+@given(st.binary(max_size=64))
+def test_any_grpc_message_bytes_get_an_answer_or_a_client_error(
+    grpc_address: str, message: bytes
+) -> None:
+    channel = grpc.insecure_channel(grpc_address)
+    try:
+        channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(message, timeout=30)
+    except grpc.RpcError as exc:
+        assert exc.code().name in GRPC_CLIENT_ERRORS, (exc.code(), exc.details())
+    finally:
+        channel.close()
 
 
 @given(
