@@ -109,7 +109,7 @@ lint: venv
 # (the image, replicas, Spark). tests/conftest.py assigns the tiers.
 test: lint model
 	$(BIN)/pytest -m unit -q
-	$(BIN)/pytest -m "not unit"
+	$(BIN)/pytest -m "not unit" --durations=15
 
 # The edit-test loop: lint and the unit tier, under a minute.
 test-fast: lint
