@@ -71,3 +71,23 @@ def test_the_limit_recovers_a_quarter_request_per_tick_on_time() -> None:
     assert gate.limit == 16 + 100 * Admission.INCREASE
     late_ticks(gate, 0.0, 10.0, now + 1.0)
     assert gate.limit == 256  # and no further
+
+
+def test_the_ticker_slows_down_only_when_the_worker_is_idle() -> None:
+    gate = admission()
+    assert not gate.busy()  # nothing in flight, arriving or admitted: a tick every 250 ms
+    assert gate.admit()
+    gate.done()
+    assert gate.busy()  # admitted since the last tick, though done
+    gate.admissions = 0  # the next tick
+    assert not gate.busy()
+    gate.receiving += 1
+    assert gate.busy()
+    gate.receiving -= 1
+    gate.admit()
+    gate.admissions = 0
+    assert gate.busy()  # one in flight
+    gate.done()
+    late_ticks(gate, 0.2, 1.0)  # shedding: the limit climbs back tick by tick
+    gate.admissions = 0
+    assert gate.limit < gate.ceiling and gate.busy()
