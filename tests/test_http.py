@@ -119,6 +119,29 @@ def test_bentoml_endpoints_keep_working(http: httpx.Client) -> None:
     assert "bentoml_service_request_total" in metrics or "request_total" in metrics
 
 
+def test_request_metrics_are_labelled_by_route_not_by_the_path_sent(http: httpx.Client) -> None:
+    """Paths a client makes up don't become series of their own: a route's template, or
+    `unmatched` (BentoML labelled the raw path: unbounded label cardinality)."""
+    for path in ("/made-up-1", "/made-up-2", "/v2/models/made-up-3/infer"):
+        http.post(path, json={"x": [1.0]})
+    http.post("/predict", json={"x": [1.0]})
+    http.post("/predict", json={"x": "not numbers"})
+    metrics = http.get("/metrics").text
+    assert "made-up" not in metrics
+    total = r'bentoml_service_request_total\{endpoint="%s",http_response_code="%d"[^}]*\} (\S+)'
+    for endpoint, status in (
+        ("unmatched", 404),
+        ("/v2/models/{name}/infer", 404),
+        ("/predict", 200),
+        ("/predict", 400),
+    ):
+        found = re.search(total % (re.escape(endpoint), status), metrics)
+        assert found and float(found[1]) >= 1, (endpoint, status)
+    duration = 'bentoml_service_request_duration_seconds_count{endpoint="/predict"'
+    assert duration in metrics
+    assert 'bentoml_service_request_in_progress{endpoint="/predict"' in metrics
+
+
 def test_one_api_document_lists_every_route_with_its_schemas(http: httpx.Client) -> None:
     spec = http.get("/docs.json").json()
     v2 = "/v2/models/{name}"

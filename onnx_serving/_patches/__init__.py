@@ -98,6 +98,7 @@ MODULES = (  # in the order they are applied
     "asyncio_accept",
     "uvicorn_drain",
     "bentoml_timeout",
+    "bentoml_metrics",
     "bentoml_dispatcher",
     "bentoml_container",
 )

@@ -17,6 +17,7 @@ NAMES = [
     "asyncio-fair-accept",
     "uvicorn-drain",
     "bentoml-request-timeout",
+    "bentoml-route-metrics",
     "bentoml-greedy-dispatcher",
     "bentoml-feeds-container",
 ]
@@ -87,7 +88,12 @@ def test_the_service_refuses_to_start_with_one_line_when_a_patch_no_longer_fits(
 
 
 # Patches whose in_effect() needs no running event loop.
-LOOPLESS = ("uvicorn-http-protocol", "bentoml-greedy-dispatcher", "bentoml-request-timeout")
+LOOPLESS = (
+    "uvicorn-http-protocol",
+    "bentoml-greedy-dispatcher",
+    "bentoml-request-timeout",
+    "bentoml-route-metrics",
+)
 
 
 def test_bentoml_serve_checks_versions_and_the_workers_every_private_name() -> None:
