@@ -35,57 +35,55 @@ from onnx_serving.edge.route_table import route_of
 UNMATCHED = "unmatched"  # the endpoint label of a path no route serves
 
 
-class Route:
-    """One route's labelled children: in progress, and per status the count and duration."""
+class RouteMetrics:
+    """One route's labelled children: in progress, the last request's time, and per status
+    the count and duration."""
 
-    __slots__ = ("by_status", "in_progress", "last_request", "middleware", "name")
+    __slots__ = ("by_status", "in_progress", "labels", "last_request", "middleware")
 
-    def __init__(self, middleware: Any, name: str) -> None:
-        self.middleware, self.name = middleware, name
-        labels = {
-            "endpoint": name,
+    def __init__(self, middleware: Any, endpoint: str) -> None:
+        self.middleware = middleware
+        service = {
             "service_name": server_context.bento_name,
             "service_version": server_context.bento_version,
             "runner_name": server_context.service_name,
         }
-        self.in_progress = middleware.metrics_request_in_progress.labels(**labels)
-        self.last_request = None
-        if not name.startswith(tuple(middleware.skip_paths)):
-            del labels["endpoint"]
-            self.last_request = middleware.metrics_last_request_timestamp.labels(**labels)
+        self.labels = {"endpoint": endpoint, **service}
+        self.in_progress = middleware.metrics_request_in_progress.labels(**self.labels)
+        self.last_request = (
+            None
+            if endpoint.startswith(tuple(middleware.skip_paths))
+            else middleware.metrics_last_request_timestamp.labels(**service)
+        )
         self.by_status: dict[int, tuple[Any, Any]] = {}
 
     def answered(self, status: int, seconds: float) -> None:
         children = self.by_status.get(status)
         if children is None:
-            m = self.middleware
-            labels = {
-                "endpoint": self.name,
-                "service_name": server_context.bento_name,
-                "service_version": server_context.bento_version,
-                "http_response_code": status,
-                "runner_name": server_context.service_name,
-            }
+            labels = {**self.labels, "http_response_code": status}
             children = self.by_status[status] = (
-                m.metrics_request_total.labels(**labels),
-                m.metrics_request_duration.labels(**labels),
+                self.middleware.metrics_request_total.labels(**labels),
+                self.middleware.metrics_request_duration.labels(**labels),
             )
         children[0].inc()
         children[1].observe(seconds)
 
 
 class RunnerTrafficMetricsMiddleware(instruments.RunnerTrafficMetricsMiddleware):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.routes: dict[str, RouteMetrics] = {}  # at most one per route, and `unmatched`
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] == "/metrics":
             return await super().__call__(scope, receive, send)
         if not self._is_setup:
             self._setup()
         rule = route_of(scope["path"])
-        name = rule.path if rule is not None else UNMATCHED
-        routes = self.__dict__.setdefault("_onnx_routes", {})
-        route = routes.get(name)
+        endpoint = rule.path if rule is not None else UNMATCHED
+        route = self.routes.get(endpoint)
         if route is None:
-            route = routes[name] = Route(self, name)
+            route = self.routes[endpoint] = RouteMetrics(self, endpoint)
         if route.last_request is not None:
             route.last_request.set_to_current_time()
         started = default_timer()

@@ -31,7 +31,6 @@ as REST's:
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from typing import Any
@@ -109,13 +108,11 @@ class Observed(aio.ServerInterceptor):
         """`handler` (one request message; one answer, or a stream of them: health's Watch)
         as a call that reads and parses its own message (the same on the wire), under the
         admission and receive rules, counted and timed: made once per method."""
+        # Both kinds are coroutines: a stream of answers is written by the handler itself.
         streaming = handler.response_streaming
         inner = handler.unary_stream if streaming else handler.unary_unary
-        parse, admitted, admission = (
-            handler.request_deserializer,
-            method in ADMITTED,
-            self.admission,
-        )
+        parse, admission = handler.request_deserializer, self.admission
+        admitted = method in ADMITTED
 
         async def observed(requests: Any, context: Any) -> Any:
             started = time.perf_counter()
@@ -130,8 +127,6 @@ class Observed(aio.ServerInterceptor):
                     if not admission.admit():
                         return await overloaded(admission, context)
                     receive.holding = True
-                if streaming:
-                    return await answers(inner(request, context), context)
                 return await inner(request, context)
             except asyncio.CancelledError:
                 code = "CANCELLED"  # the client went away, or the server stops
@@ -161,15 +156,6 @@ async def parsed(parse: Any, raw: bytes, context: Any, method: str) -> Any:
     except DecodeError as exc:
         message = f"the request message is not a valid protobuf of the method's type: {exc}"
         return await refuse(context, 400, "schema", message, method)
-
-
-async def answers(result: Any, context: Any) -> None:
-    """A streaming handler's answers written: an async generator's, or its own writes."""
-    if inspect.isasyncgen(result):
-        async for answer in result:
-            await context.write(answer)
-    else:
-        await result
 
 
 class Receive:
@@ -253,19 +239,18 @@ class GrpcServer:
 
     def options(self) -> list[tuple[str, Any]]:
         limit, _ = body_limit(route_of("/v2/models/m/infer"), self.settings)
-        return [
+        options = [
             ("grpc.max_receive_message_length", limit),
             # An answer carries the outputs MAX_OUTPUT_BYTES allows, and their descriptions.
             ("grpc.max_send_message_length", self.settings.max_output_bytes + (1 << 20)),
             ("grpc.so_reuseport", 1),
             ("grpc.max_concurrent_streams", MAX_STREAMS),
-        ] + (
-            # A connection that hasn't sent HTTP/2's preface in time is closed, as REST's
-            # connections that don't send their headers (HTTP_HEADER_TIMEOUT; 0: no limit).
-            [("grpc.server_handshake_timeout_ms", int(header_timeout_s * 1000))]
-            if (header_timeout_s := self.settings.http_header_timeout_s)
-            else []
-        )
+        ]
+        # A connection that hasn't sent HTTP/2's preface in time is closed, as REST's
+        # connections that don't send their headers (HTTP_HEADER_TIMEOUT; 0: no limit).
+        if header_timeout_s := self.settings.http_header_timeout_s:
+            options.append(("grpc.server_handshake_timeout_ms", int(header_timeout_s * 1000)))
+        return options
 
     async def start(self) -> None:
         settings = self.settings
