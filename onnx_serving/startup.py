@@ -52,8 +52,10 @@ class Prepared:
 
 def prepare() -> Prepared:
     steps = Steps()
+    # A worker, or `bentoml serve` itself (or `bentoml build`), which runs no app.
+    worker = bentoml.server_context.worker_index is not None
     # The workers check and patch every private name; `bentoml serve` itself the versions.
-    _patches.install(worker=bentoml.server_context.worker_index is not None)
+    _patches.install(worker=worker)
     install_log_filters()
     steps.done("patches")
     try:
@@ -63,9 +65,8 @@ def prepare() -> Prepared:
         routing = Router.from_settings([str(s.tag) for s in stored], config.routing_file)
         integrity = {str(s.tag): check_integrity(s, config.verify_keys) for s in stored}
         steps.done("versions verified (" + ("signature" if config.verify_keys else "SHA-256") + ")")
-        if bentoml.server_context.worker_index is None:
-            # Not a worker: `bentoml serve` itself (or `bentoml build`). A model that can't
-            # run would fail every worker at start: try it here, once.
+        if not worker:
+            # A model that can't run would fail every worker at start: try it here, once.
             for version in stored:
                 ModelRunner(config).load(version, signature)
             steps.done("trial run")
@@ -94,7 +95,7 @@ def prepare() -> Prepared:
     )
     steps.done("request models")
     steps.log("prepared")
-    if bentoml.server_context.worker_index is None:
+    if not worker:
         # The image starts every Python process with the garbage collector off
         # (Dockerfile.template): importing BentoML and the service makes hundreds of
         # thousands of objects, and the collector's passes over them cost 15-20 % of the
